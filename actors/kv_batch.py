@@ -1,0 +1,149 @@
+"""One model's KV cache for a batch of sequences that grow, roll back and leave at different times.
+
+The cache is a transformers DynamicCache of one length L for all rows; `valid[b, j]` marks the slots
+that hold real tokens. Rolling a row back only marks its tail invalid (a hole), so rows diverge in
+length without copying; `compact` squeezes the holes out once they outweigh the real content.
+Positions come from the count of valid slots, so a row computes exactly what it would alone.
+
+Each row's last committed token is its `pending` token: not in the cache yet, fed first next time.
+"""
+import torch
+from transformers import DynamicCache
+
+
+class CachedBatch:
+    def __init__(self, model, device: torch.device):
+        self.model, self.device = model, device
+        self._reset(0)
+
+    def _reset(self, rows: int) -> None:
+        self.cache = DynamicCache(config=self.model.config)
+        self.valid = torch.zeros(rows, 0, dtype=torch.bool, device=self.device)
+        self.length = torch.zeros(rows, dtype=torch.long, device=self.device)  # valid slots per row
+        self.pending = torch.zeros(rows, dtype=torch.long, device=self.device)
+
+    @property
+    def rows(self) -> int:
+        return self.pending.shape[0]
+
+    def _longest(self) -> int:
+        return int(self.length.max()) if self.rows else 0
+
+    @torch.no_grad()
+    def start(self, prompts: list[list[int]]) -> None:
+        """Prefill all but the last token of each prompt (left-padded); the last one becomes pending."""
+        self._reset(len(prompts))
+        width = max(len(p) for p in prompts) - 1
+        pads = torch.tensor([width - (len(p) - 1) for p in prompts], device=self.device)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
+        for row, prompt in enumerate(prompts):
+            if len(prompt) > 1:
+                ids[row, int(pads[row]):] = torch.tensor(prompt[:-1], dtype=torch.long)
+        prefill_valid = torch.arange(width, device=self.device)[None, :] >= pads[:, None]
+        if width > 0:
+            self._run(ids, prefill_valid, positions=(prefill_valid.cumsum(1) - 1).clamp(min=0))
+        self.valid = prefill_valid
+        self.length = prefill_valid.sum(1)
+        self.pending = torch.tensor([p[-1] for p in prompts], dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append `tokens` [B, m] to every row; return the logits [B, m, V] at those positions."""
+        m = tokens.shape[1]
+        new_valid = torch.ones(self.rows, m, dtype=torch.bool, device=self.device)
+        positions = self.length[:, None] + torch.arange(m, device=self.device)[None, :]
+        logits = self._run(tokens.to(self.device), new_valid, positions)
+        self.valid = torch.cat([self.valid, new_valid], dim=1)
+        self.length = self.length + m
+        return logits
+
+    def _run(self, ids, new_valid, positions) -> torch.Tensor:
+        mask = torch.cat([self.valid, new_valid], dim=1)  # self.valid spans the cache as it is now
+        out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions,
+                         past_key_values=self.cache, use_cache=True)
+        return out.logits
+
+    def keep(self, lengths: torch.Tensor, pending: torch.Tensor) -> None:
+        """Roll each row back to its first `lengths[b]` valid slots and set its pending token."""
+        lengths = lengths.to(self.device)
+        self.valid = self.valid & (self.valid.cumsum(1) <= lengths[:, None])
+        self.length = self.valid.sum(1)
+        self.pending = pending.to(self.device)
+        self._crop_tail()
+        if self.valid.shape[1] > 2 * self._longest() + 64:
+            self.compact()
+
+    def _crop_tail(self) -> None:
+        """Drop trailing columns that no row uses any more."""
+        used = self.valid.any(0).nonzero()
+        new_len = int(used.max()) + 1 if used.numel() else 0
+        extra = self.valid.shape[1] - new_len
+        if extra > 0:
+            self.cache.crop(-extra)
+            self.valid = self.valid[:, :new_len]
+
+    def compact(self) -> None:
+        """Squeeze the holes out: move each row's valid slots to the right end of a shorter cache."""
+        width = self._longest()
+        order = torch.argsort(self.valid.to(torch.int8), dim=1, stable=True)[:, -width:] if width else self.valid[:, :0].long()
+        self._gather_slots(order)
+        self.valid = torch.gather(self.valid, 1, order)
+
+    def _gather_slots(self, index: torch.Tensor) -> None:
+        for layer in self.cache.layers:
+            if _kv(layer) is None:
+                continue
+            b, h, _, d = layer.keys.shape
+            idx = index[:, None, :, None].expand(b, h, index.shape[1], d)
+            layer.keys = torch.gather(layer.keys, 2, idx)
+            layer.values = torch.gather(layer.values, 2, idx)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (finished sequences leave the batch)."""
+        rows = rows.to(self.device)
+        self.cache.batch_select_indices(rows)
+        self.valid, self.length, self.pending = self.valid[rows], self.length[rows], self.pending[rows]
+        self._crop_tail()
+
+    def extend(self, prompts: list[list[int]]) -> None:
+        """Add new sequences to the batch (continuous batching): prefill them apart, then merge."""
+        if self.rows == 0:
+            self.start(prompts)
+            return
+        other = CachedBatch(self.model, self.device)
+        other.start(prompts)
+        width = max(self.valid.shape[1], other.valid.shape[1])
+        self._left_pad(width)
+        other._left_pad(width)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            a, b = _kv(mine), _kv(theirs)
+            if a is None and b is None:
+                continue  # both sides empty: width is 0
+            a = a if a is not None else tuple(torch.zeros_like(t[:1]).expand(self.rows, -1, -1, -1) for t in b)
+            b = b if b is not None else tuple(torch.zeros_like(t[:1]).expand(other.rows, -1, -1, -1) for t in a)
+            if not mine.is_initialized:
+                mine.lazy_initialization(*a)
+            mine.keys, mine.values = torch.cat([a[0], b[0]], dim=0), torch.cat([a[1], b[1]], dim=0)
+        self.valid = torch.cat([self.valid, other.valid], dim=0)
+        self.length = torch.cat([self.length, other.length])
+        self.pending = torch.cat([self.pending, other.pending])
+
+    def _left_pad(self, width: int) -> None:
+        extra = width - self.valid.shape[1]
+        if extra <= 0:
+            return
+        self.valid = torch.cat([torch.zeros(self.rows, extra, dtype=torch.bool, device=self.device), self.valid], dim=1)
+        for layer in self.cache.layers:
+            if _kv(layer) is None:
+                continue
+            b, h, _, d = layer.keys.shape
+            pad = torch.zeros(b, h, extra, d, dtype=layer.keys.dtype, device=layer.keys.device)
+            layer.keys = torch.cat([pad, layer.keys], dim=2)
+            layer.values = torch.cat([pad, layer.values], dim=2)
+
+
+def _kv(layer):
+    """A layer's (keys, values), or None while it holds nothing."""
+    if not getattr(layer, "is_initialized", False) or layer.keys is None or layer.keys.numel() == 0:
+        return None
+    return layer.keys, layer.values

@@ -1,0 +1,124 @@
+"""The pure math of studyhall: divergences, threshold schedules, sampling and the SWITCH decision.
+
+No Ray, no I/O. Every tensor of distributions here holds log-probabilities over the vocabulary in
+its last dimension, so the same functions serve one position or a [batch, block, vocab] block.
+"""
+import math
+
+import torch
+
+LN2 = math.log(2.0)
+
+
+# ---- distributions -------------------------------------------------------------------------------
+
+def divergence_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probs that the divergences compare: softmax(logits / T), with T = 1 for greedy decoding."""
+    t = temperature if temperature > 0 else 1.0
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    return torch.log_softmax(logits / t, dim=-1)
+
+
+def nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose mass reaches top_p; the rest get -inf."""
+    if top_p >= 1.0:
+        return logp
+    sorted_logp, order = torch.sort(logp, dim=-1, descending=True)
+    mass_before = torch.cumsum(sorted_logp.exp(), dim=-1) - sorted_logp.exp()
+    drop_sorted = mass_before >= top_p  # the top token always survives: its mass_before is 0
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logp.masked_fill(drop, float("-inf"))
+
+
+def sample(logp: torch.Tensor, greedy: bool, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per leading index: argmax when greedy, else a draw from the nucleus of exp(logp)."""
+    if greedy:
+        return logp.argmax(dim=-1)
+    probs = nucleus(logp, top_p).exp()
+    flat = probs.reshape(-1, probs.shape[-1])
+    draws = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
+    return draws.reshape(probs.shape[:-1])
+
+
+# ---- divergences D(p_T, p_S) ---------------------------------------------------------------------
+
+def _xlogy_term(logp_a: torch.Tensor, logp_b: torch.Tensor) -> torch.Tensor:
+    """p_a * (log p_a - log p_b), with 0 where p_a = 0 (so -inf - -inf never becomes NaN)."""
+    p_a = logp_a.exp()
+    return torch.where(p_a > 0, p_a * (logp_a - logp_b), torch.zeros_like(p_a))
+
+
+def kl(logp_a: torch.Tensor, logp_b: torch.Tensor) -> torch.Tensor:
+    """KL(a || b)."""
+    return _xlogy_term(logp_a, logp_b).sum(-1)
+
+
+def js(logp_t: torch.Tensor, logp_s: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence in nats, in [0, ln 2]."""
+    logp_m = torch.logsumexp(torch.stack([logp_t, logp_s]), dim=0) - LN2
+    return 0.5 * (kl(logp_t, logp_m) + kl(logp_s, logp_m))
+
+
+def total_variation(logp_t: torch.Tensor, logp_s: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (logp_t.exp() - logp_s.exp()).abs().sum(-1)
+
+
+def teacher_rank(logp_t: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """0-based rank of `token` under the teacher: how many tokens the teacher prefers strictly."""
+    token_logp = logp_t.gather(-1, token.unsqueeze(-1))
+    return (logp_t > token_logp).sum(-1).to(logp_t.dtype)
+
+
+# Each gate scores a position; the teacher takes it when the score exceeds tau.
+# "skd" is SKD's rule: a student token outside the teacher's top-K is replaced (tau = K - 0.5).
+DIVERGENCES = {
+    "js": lambda logp_t, logp_s, student_token: js(logp_t, logp_s),
+    "kl_ts": lambda logp_t, logp_s, student_token: kl(logp_t, logp_s),
+    "kl_st": lambda logp_t, logp_s, student_token: kl(logp_s, logp_t),
+    "tv": lambda logp_t, logp_s, student_token: total_variation(logp_t, logp_s),
+    "skd": lambda logp_t, logp_s, student_token: teacher_rank(logp_t, student_token),
+}
+
+
+def gate_score(name: str, logp_t, logp_s, student_token) -> torch.Tensor:
+    return DIVERGENCES[name](logp_t, logp_s, student_token)
+
+
+# ---- threshold schedules tau_t ------------------------------------------------------------------
+
+SCHEDULES = {
+    "exponential": lambda tau0, lam, t: tau0 * torch.exp(-lam * t),
+    "constant": lambda tau0, lam, t: torch.full_like(t, tau0),
+    "linear": lambda tau0, lam, t: torch.clamp(tau0 - lam * t, min=0.0),
+}
+
+
+def thresholds(schedule: str, tau0: float, lam: float, positions: torch.Tensor) -> torch.Tensor:
+    """tau at each 0-based answer position."""
+    return SCHEDULES[schedule](tau0, lam, positions.to(torch.float64)).to(torch.float32)
+
+
+# ---- the SWITCH decision over one drafted block ------------------------------------------------
+
+def switch_block(logp_t, logp_s, drafted, scorer_sample, teacher_drafts: bool, divergence: str, tau):
+    """Apply the per-token SWITCH rule to a drafted block, position by position.
+
+    Shapes: logp_* [B, g, V]; drafted, scorer_sample [B, g]; tau [B, g].
+    The drafter's tokens were drawn from its own distributions; scorer_sample was drawn from the
+    scorer's distributions at the same positions. At each position the rule picks a source; the
+    token is that source's draw. The block stays valid while the chosen token equals the drafted
+    one, so each row commits up to and including its first mismatch. Because every draw is from
+    the right distribution given the same prefix, the output law equals that of the per-token rule.
+
+    Returns (tokens [B, g], from_teacher [B, g] bool, score [B, g], n_commit [B]).
+    """
+    teacher_token = drafted if teacher_drafts else scorer_sample
+    student_token = scorer_sample if teacher_drafts else drafted
+    score = gate_score(divergence, logp_t, logp_s, student_token).float()
+    from_teacher = score > tau
+    tokens = torch.where(from_teacher, teacher_token, student_token)
+    mismatch = tokens != drafted
+    g = drafted.shape[1]
+    first_mismatch = torch.where(mismatch.any(1), mismatch.float().argmax(1), torch.full_like(mismatch[:, 0], g, dtype=torch.long))
+    n_commit = torch.clamp(first_mismatch + 1, max=g)
+    return tokens, from_teacher, score, n_commit
