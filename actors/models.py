@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors import embedded
-from actors.tiny import build_tiny
+from actors.tiny import build_tiny, tiny_config
 from cluster.config import ConfigError, ModelConfig
 
 EMBEDDED = {"embedded:teacher": embedded.teacher_dir, "embedded:student": embedded.student_dir}
@@ -73,6 +73,14 @@ def load_model(spec: ModelConfig, device: torch.device):
     return model.to(device).eval()
 
 
-def context_length(model_or_config) -> int:
-    config = getattr(model_or_config, "config", model_or_config)
-    return int(getattr(config, "max_position_embeddings", 2048))
+def model_config(spec: ModelConfig):
+    """The model's HF config without its weights, for checks made before actors start."""
+    if spec.path.startswith("tiny:"):
+        return tiny_config(spec.path.split(":", 1)[1], load_tokenizer(spec.path))
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_path(spec.path), trust_remote_code=spec.trust_remote_code)
+
+
+def context_length(config) -> int:
+    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048))

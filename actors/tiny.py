@@ -1,34 +1,51 @@
 """The `tiny` preset: small random Llama models on the SmolLM2 tokenizer, for tests.
 
-They are built from a seed, so every process that builds them gets the same weights. The teacher is
-about 7x the student's cost per token (wider, deeper), as a real teacher/student pair would be, and
-a larger init scale makes their next-token distributions peaked instead of near-uniform, so
-divergences, greedy choices and sampling tests have something to bite on.
+Both are built from one seed, so every process gets the same weights. The teacher has 8 decoder
+layers; the student keeps two of them (the first and the last) with the same embeddings and tied
+head, the way the embedded student is sliced from SmolLM2. The six layers only the teacher has write
+into the residual stream at a tenth of the usual scale, so the two models are related but not alike:
+on sampled text they agree on the top token ~40% of the time and their Jensen-Shannon divergence
+spreads over ~0.08-0.3 nats, so the SWITCH gate, greedy choices and sampling tests have something
+to bite on. (Untouched random nets of this depth are chaotic: the pair would either agree everywhere
+or nowhere.)
 """
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-SHAPES = {
-    "teacher": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4),
-    "student": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-}
-SEEDS = {"teacher": 1234, "student": 5678}
-INIT_SCALE = 0.25
+from actors.slicing import keep_layers
+
+SEED = 1234
+TEACHER_LAYERS = 8
+STUDENT_LAYERS = (0, TEACHER_LAYERS - 1)
+EMBED_STD, LAYER_STD, TEACHER_ONLY_SCALE = 0.3, 0.08, 0.1
 
 
-def build_tiny(role: str, tokenizer, dtype: torch.dtype) -> LlamaForCausalLM:
-    config = LlamaConfig(
+def tiny_config(role: str, tokenizer) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=TEACHER_LAYERS if role == "teacher" else len(STUDENT_LAYERS),
+        num_attention_heads=4,
+        num_key_value_heads=2,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
-        initializer_range=INIT_SCALE,
+        initializer_range=LAYER_STD,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **SHAPES[role],
     )
-    devices_rng = torch.random.fork_rng(devices=[])
-    with devices_rng:
-        torch.manual_seed(SEEDS[role])
-        model = LlamaForCausalLM(config)
+
+
+def build_tiny(role: str, tokenizer, dtype: torch.dtype) -> LlamaForCausalLM:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = LlamaForCausalLM(tiny_config("teacher", tokenizer))
+        with torch.no_grad():
+            model.model.embed_tokens.weight.normal_(0.0, EMBED_STD)
+            for layer in model.model.layers[1:-1]:  # the layers only the teacher keeps
+                layer.self_attn.o_proj.weight.mul_(TEACHER_ONLY_SCALE)
+                layer.mlp.down_proj.weight.mul_(TEACHER_ONLY_SCALE)
+    if role == "student":
+        keep_layers(model, STUDENT_LAYERS)
     return model.to(dtype)

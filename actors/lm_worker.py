@@ -1,0 +1,146 @@
+"""A model with a batch of KV-cached sequences, as a Ray actor: TeacherActor and StudentActor.
+
+Either role can draft a block (sample g tokens one at a time) or score a block another actor drafted
+(one forward over all g positions, then the SWITCH rule). The drafter ships its log-probs to the
+scorer through the object store; the scorer holds both distributions, so it decides, and sends the
+controller only the small per-position record. Both sides then roll back to the committed length.
+"""
+import warnings
+
+import numpy as np
+import ray
+import torch
+
+from actors.kv_batch import CachedBatch
+from actors.models import load_model, pick_device
+from cluster.config import ModelConfig, SwitchConfig
+from studyhall.distill_math import divergence_logprobs, sample, switch_block
+
+ROLE_SEED_OFFSET = {"teacher": 1, "student": 2}
+
+
+def to_wire(logp: torch.Tensor, wire_dtype: str) -> np.ndarray:
+    """Log-probs as numpy, which Ray passes zero-copy between actors on one node."""
+    return logp.to(torch.float16 if wire_dtype == "float16" else torch.float32).cpu().numpy()
+
+
+def from_wire(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    with warnings.catch_warnings():  # the object store hands out read-only buffers; we only read them
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array).to(device=device, dtype=torch.float32)
+
+
+class LMWorker:
+    role = "model"
+
+    def __init__(self, spec: ModelConfig, switch: SwitchConfig):
+        torch.set_num_threads(max(1, int(spec.num_cpus)))
+        self.device = pick_device(spec)
+        self.model = load_model(spec, self.device)
+        self.switch = switch
+        self.batches: dict[int, CachedBatch] = {}  # one per pipeline group
+        self.round_start: dict[int, torch.Tensor] = {}
+        self.generator = torch.Generator(self.device).manual_seed(switch.seed * 10 + ROLE_SEED_OFFSET.get(self.role, 0))
+
+    # Every per-group call takes `commit`: the scorer's result of this group's last round when this
+    # actor drafted it. Folding the commit into the next call keeps the actor free to work on the
+    # other group meanwhile, instead of blocking its queue until the scorer answers.
+
+    def _batch(self, group: int, commit: dict | None) -> CachedBatch:
+        batch = self.batches.setdefault(group, CachedBatch(self.model, self.device))
+        if commit is not None:
+            n = torch.from_numpy(commit["n_commit"]).to(self.device)
+            tokens = torch.from_numpy(commit["tokens"]).to(self.device)
+            last = tokens.gather(1, (n - 1)[:, None])[:, 0]  # the last committed token becomes pending
+            batch.keep(self.round_start[group] + n, last)
+        return batch
+
+    # ---- batch membership ----
+    def extend(self, group: int, prompts: list[list[int]], commit: dict | None = None) -> int:
+        batch = self._batch(group, commit)
+        batch.extend(prompts)
+        return batch.rows
+
+    def select(self, group: int, rows: list[int], commit: dict | None = None) -> int:
+        batch = self._batch(group, commit)
+        batch.select(torch.tensor(rows, dtype=torch.long))
+        return batch.rows
+
+    # ---- one SWITCH round ----
+    def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        return divergence_logprobs(logits, self.switch.temperature if self.switch.sample else 0.0)
+
+    def _sample(self, logp: torch.Tensor) -> torch.Tensor:
+        return sample(logp, not self.switch.sample, self.switch.top_p, self.generator)
+
+    @torch.no_grad()
+    def draft(self, group: int, g: int, commit: dict | None = None) -> dict:
+        """Sample g tokens autoregressively; return them and this model's log-probs at each."""
+        batch = self._batch(group, commit)
+        self.round_start[group] = batch.length.clone()
+        token, tokens, logps = batch.pending, [], []
+        for _ in range(g):
+            logp = self._logprobs(batch.forward(token[:, None])[:, -1])
+            token = self._sample(logp)
+            tokens.append(token)
+            logps.append(logp)
+        return {"tokens": torch.stack(tokens, 1).cpu().numpy(), "logp": to_wire(torch.stack(logps, 1), self.switch.wire_dtype)}
+
+    @torch.no_grad()
+    def score(self, group: int, draft: dict, taus: np.ndarray, commit: dict | None = None) -> dict:
+        """Score a drafted block in one forward, apply the SWITCH rule, commit, and report per position."""
+        batch = self._batch(group, commit)
+        self.round_start[group] = batch.length.clone()
+        drafted = torch.from_numpy(draft["tokens"]).to(self.device)
+        theirs = from_wire(draft["logp"], self.device)
+        fed = torch.cat([batch.pending[:, None], drafted[:, :-1]], dim=1)
+        mine = self._logprobs(batch.forward(fed))
+        scorer_sample = self._sample(mine)
+        i_am_teacher = self.role == "teacher"
+        logp_t, logp_s = (mine, theirs) if i_am_teacher else (theirs, mine)
+        tau = torch.from_numpy(taus).to(self.device)
+        if self.switch.divergence == "skd":
+            tau = torch.full_like(tau, self.switch.tau_for_skd())
+        tokens, from_teacher, score, n_commit = switch_block(
+            logp_t, logp_s, drafted, scorer_sample, teacher_drafts=not i_am_teacher,
+            divergence=self.switch.divergence, tau=tau)
+        result = {
+            "tokens": tokens.cpu().numpy(),
+            "from_teacher": from_teacher.cpu().numpy(),
+            "score": score.cpu().numpy(),
+            "tau": tau.cpu().numpy(),
+            "n_commit": n_commit.cpu().numpy(),
+            "accepted": (tokens == drafted).long().cumprod(1).sum(1).cpu().numpy(),  # drafted tokens kept
+            "teacher_logprob": logp_t.gather(-1, tokens[..., None])[..., 0].cpu().numpy(),
+        }
+        if self.switch.teacher_topk:
+            top = logp_t.topk(self.switch.teacher_topk, dim=-1)
+            result["teacher_topk_ids"] = top.indices.to(torch.int32).cpu().numpy()
+            result["teacher_topk_logprobs"] = top.values.to(torch.float16).cpu().numpy()
+        self._batch(group, result)  # the scorer commits at once
+        return result
+
+    def drop(self, group: int) -> None:
+        """Forget a group that has no sequences left."""
+        self.batches.pop(group, None)
+        self.round_start.pop(group, None)
+
+    # ---- weights ----
+    def load_weights(self, state_dict: dict) -> None:
+        """Take new weights (on-policy training pushes the student's here between generation batches)."""
+        self.model.load_state_dict({k: v.to(self.device) for k, v in state_dict.items()}, strict=True)
+
+    def info(self) -> dict:
+        p = next(self.model.parameters())
+        return {"role": self.role, "device": str(self.device), "dtype": str(p.dtype),
+                "vocab_size": int(self.model.config.vocab_size), "node": ray.get_runtime_context().get_node_id()}
+
+
+@ray.remote
+class TeacherActor(LMWorker):
+    role = "teacher"
+
+
+@ray.remote
+class StudentActor(LMWorker):
+    role = "student"

@@ -1,0 +1,212 @@
+"""The SWITCH controller: keeps a batch of sequences in flight on a teacher and a student actor.
+
+Each round one model drafts a block for every live sequence and the other scores it (see
+lm_worker.py). Which model drafts follows who has owned recent positions, and the block length
+follows recent run lengths. Finished sequences leave the batch and queued prompts take their place.
+"""
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+import torch
+
+from cluster.config import SwitchConfig
+from studyhall.distill_math import thresholds
+
+OWNERSHIP_WINDOW = 8  # recent positions per sequence that decide who drafts next
+
+
+@dataclass
+class Sequence:
+    index: int
+    prompt_id: str
+    prompt: str
+    prompt_token_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    from_teacher: list[bool] = field(default_factory=list)
+    divergence: list[float] = field(default_factory=list)
+    tau: list[float] = field(default_factory=list)
+    teacher_logprob: list[float] = field(default_factory=list)
+    teacher_topk_ids: list[list[int]] = field(default_factory=list)
+    teacher_topk_logprobs: list[list[float]] = field(default_factory=list)
+    teacher_calls: int = 0
+    finish_reason: str = ""
+
+    def to_record(self, text: str) -> dict:
+        record = {k: v for k, v in self.__dict__.items() if k != "index"}
+        record["text"] = text
+        return record
+
+
+@dataclass
+class RunStats:
+    sequences: int = 0
+    tokens: int = 0
+    teacher_tokens: int = 0
+    teacher_calls: int = 0  # summed over sequences: the teacher worked on a block of theirs
+    rounds: int = 0
+    seconds: float = 0.0
+    position_tokens: dict = field(default_factory=dict)  # bucket -> tokens
+    position_teacher: dict = field(default_factory=dict)  # bucket -> teacher tokens
+
+    def add(self, seq: Sequence) -> None:
+        self.sequences += 1
+        self.tokens += len(seq.token_ids)
+        self.teacher_tokens += sum(seq.from_teacher)
+        self.teacher_calls += seq.teacher_calls
+        for t, teacher in enumerate(seq.from_teacher):
+            bucket = position_bucket(t)
+            self.position_tokens[bucket] = self.position_tokens.get(bucket, 0) + 1
+            self.position_teacher[bucket] = self.position_teacher.get(bucket, 0) + int(teacher)
+
+    def summary(self) -> dict:
+        by_bucket = {b: round(self.position_teacher[b] / n, 4) for b, n in sorted(self.position_tokens.items(), key=lambda kv: int(kv[0].split("-")[0]))}
+        return {
+            "sequences": self.sequences,
+            "tokens": self.tokens,
+            "teacher_share": round(self.teacher_tokens / max(self.tokens, 1), 4),
+            "teacher_share_by_position": by_bucket,
+            "tokens_per_s": round(self.tokens / max(self.seconds, 1e-9), 2),
+            "teacher_calls_per_token": round(self.teacher_calls / max(self.tokens, 1), 4),
+            "rounds": self.rounds,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def position_bucket(t: int) -> str:
+    """Powers of two: 0-7, 8-15, 16-31, 32-63, ..."""
+    lo = 0 if t < 8 else 1 << int(math.log2(t))
+    hi = 7 if t < 8 else 2 * lo - 1
+    return f"{lo}-{hi}"
+
+
+@dataclass
+class Group:
+    """Sequences that move through rounds together; groups take turns on the two actors."""
+    id: int
+    live: list = field(default_factory=list)
+    in_flight: object = None  # the ObjectRef of this group's current round result
+    drafter: str = ""
+    uncommitted: tuple | None = None  # (role, result ref) the drafter has yet to apply
+
+
+class SwitchController:
+    def __init__(self, teacher, student, switch: SwitchConfig, eos_ids: set[int]):
+        self.actors = {"teacher": teacher, "student": student}
+        self.cfg = switch
+        self.eos_ids = set(eos_ids)
+        self.gamma = {"teacher": switch.gamma, "student": switch.gamma}
+        self.group_size = math.ceil(switch.batch_size / switch.pipeline_groups)
+
+    def run(self, items, on_finish=None) -> RunStats:
+        """Generate for `items` (objects with .index, .prompt_id, .prompt, .token_ids).
+
+        `on_finish(sequence)` is called as each sequence ends, so callers can write it at once.
+        """
+        stats, started = RunStats(), time.perf_counter()
+        queue = deque(items)
+        groups = [Group(i) for i in range(self.cfg.pipeline_groups)]
+        for group in groups:
+            self._admit(group, queue)
+            self._launch(group)
+        while any(g.in_flight for g in groups):
+            flying = {g.in_flight: g for g in groups if g.in_flight}
+            ready, _ = ray.wait(list(flying), num_returns=1)
+            group = flying[ready[0]]
+            result = ray.get(ready[0])
+            stats.rounds += 1
+            self._adapt(group.drafter, result)
+            finished = self._record(group.live, result)
+            for seq in finished:
+                stats.add(seq)
+                if on_finish:
+                    on_finish(seq)
+            if finished:
+                keep = [i for i, seq in enumerate(group.live) if not seq.finish_reason]
+                group.live[:] = [group.live[i] for i in keep]
+                for role, actor in self.actors.items():
+                    actor.select.remote(group.id, keep, commit=self._take_commit(group, role))
+                self._admit(group, queue)
+            self._launch(group)
+        stats.seconds = time.perf_counter() - started
+        return stats
+
+    def _take_commit(self, group: Group, role: str):
+        """The result ref `role` must apply before its next call for this group, if any."""
+        if group.uncommitted and group.uncommitted[0] == role:
+            ref, group.uncommitted = group.uncommitted[1], None
+            return ref
+        return None
+
+    def _admit(self, group: Group, queue: deque) -> None:
+        """Fill the group from the queue; both actors prefill the new prompts."""
+        new = []
+        while queue and len(group.live) + len(new) < self.group_size:
+            item = queue.popleft()
+            new.append(Sequence(item.index, item.prompt_id, item.prompt, list(item.token_ids)))
+        if new:
+            for role, actor in self.actors.items():
+                actor.extend.remote(group.id, [s.prompt_token_ids for s in new], commit=self._take_commit(group, role))
+            group.live.extend(new)
+
+    def _launch(self, group: Group) -> None:
+        """Submit one round for the group: the drafter drafts, the scorer scores and decides."""
+        if not group.live:
+            group.in_flight = None
+            for actor in self.actors.values():
+                actor.drop.remote(group.id)
+            return
+        drafter, g = self._plan(group.live)
+        scorer = "student" if drafter == "teacher" else "teacher"
+        draft_ref = self.actors[drafter].draft.remote(group.id, g, commit=self._take_commit(group, drafter))
+        taus = self._taus(group.live, g)
+        score_ref = self.actors[scorer].score.remote(group.id, draft_ref, taus, commit=self._take_commit(group, scorer))
+        group.drafter, group.in_flight, group.uncommitted = drafter, score_ref, (drafter, score_ref)
+
+    def _plan(self, live: list) -> tuple[str, int]:
+        """Who drafts and how long a block: the model that owned most recent positions drafts."""
+        if self.cfg.mode == "per_token":
+            return "student", 1
+        recent = [t for seq in live for t in seq.from_teacher[-OWNERSHIP_WINDOW:]]
+        drafter = "teacher" if recent and 2 * sum(recent) > len(recent) else "student"
+        remaining = max(self.cfg.max_new_tokens - len(seq.token_ids) for seq in live)
+        return drafter, max(1, min(self.gamma[drafter], remaining))
+
+    def _adapt(self, drafter: str, result: dict) -> None:
+        """Next block length: one more than the mean run of drafted tokens that survived."""
+        if self.cfg.mode == "per_token" or not self.cfg.adaptive_gamma:
+            return
+        survived = float(np.mean(result["accepted"]))
+        self.gamma[drafter] = int(np.clip(round(survived) + 1, 1, self.cfg.gamma_max))
+
+    def _taus(self, live: list, g: int) -> np.ndarray:
+        positions = torch.tensor([[len(seq.token_ids) + j for j in range(g)] for seq in live])
+        return thresholds(self.cfg.schedule, self.cfg.tau0, self.cfg.lam, positions).numpy()
+
+    def _record(self, live: list, result: dict) -> list:
+        """Append each row's committed tokens; return the sequences that ended this round."""
+        finished = []
+        has_topk = "teacher_topk_ids" in result
+        for row, seq in enumerate(live):
+            seq.teacher_calls += 1
+            for j in range(int(result["n_commit"][row])):
+                token = int(result["tokens"][row, j])
+                seq.token_ids.append(token)
+                seq.from_teacher.append(bool(result["from_teacher"][row, j]))
+                seq.divergence.append(float(result["score"][row, j]))
+                seq.tau.append(float(result["tau"][row, j]))
+                seq.teacher_logprob.append(float(result["teacher_logprob"][row, j]))
+                if has_topk:
+                    seq.teacher_topk_ids.append(result["teacher_topk_ids"][row, j].tolist())
+                    seq.teacher_topk_logprobs.append([round(float(x), 4) for x in result["teacher_topk_logprobs"][row, j]])
+                if token in self.eos_ids:
+                    seq.finish_reason = "stop"
+                elif len(seq.token_ids) >= self.cfg.max_new_tokens:
+                    seq.finish_reason = "length"
+                if seq.finish_reason:
+                    finished.append(seq)
+                    break
+        return finished

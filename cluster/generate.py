@@ -1,0 +1,74 @@
+"""`studyhall generate`: SWITCH sequences for a prompt file, written as JSONL while they finish.
+
+Also a `ray job submit` entrypoint: python -m cluster.generate --preset tiny --out out.jsonl
+"""
+import json
+import sys
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from actors.pair import check_pair, start_pair
+from actors.switch_controller import SwitchController
+from cluster.config import Config
+from train.prompts import EMBEDDED_PROMPTS, load_prompts
+
+
+class GenerationFailed(RuntimeError):
+    """A run that stopped mid-way; the sequences finished before it are on disk."""
+
+
+def prepare(cfg: Config, prompts_path, limit=None):
+    """Everything that can fail on user input, before any actor starts."""
+    tokenizer, context = check_pair(cfg)
+    items = load_prompts(prompts_path or EMBEDDED_PROMPTS, tokenizer, context, cfg.switch.max_new_tokens, limit)
+    return tokenizer, items
+
+
+def eos_ids(tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    return {i for i in ids | {im_end} if i is not None}
+
+
+def generate(cfg: Config, prompts_path, out_path, limit=None, progress=True, actors=None) -> dict:
+    tokenizer, items = prepare(cfg, prompts_path, limit)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    teacher, student = actors or start_pair(cfg)
+    controller = SwitchController(teacher, student, cfg.switch, eos_ids(tokenizer))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(out_path, "w", encoding="utf-8") as out, tqdm(total=len(items), desc="switch", unit="seq", disable=not progress, file=sys.stderr) as bar:
+        def write(seq):
+            nonlocal written
+            record = seq.to_record(tokenizer.decode(seq.token_ids, skip_special_tokens=True))
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            written += 1
+            bar.update(1)
+
+        try:
+            stats = controller.run(items, on_finish=write)
+        except (ray.exceptions.RayError, KeyboardInterrupt) as err:
+            raise GenerationFailed(f"generation stopped ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
+                                   f"the {written} finished sequences are kept in {out_path}") from None
+    return stats.summary()
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"sequences {summary['sequences']}  tokens {summary['tokens']}  "
+        f"tokens/s {summary['tokens_per_s']}  teacher calls/token {summary['teacher_calls_per_token']}",
+        f"teacher share {summary['teacher_share']:.1%} overall; by position:",
+    ]
+    lines += [f"  {bucket:>9}: {share:6.1%}" for bucket, share in summary["teacher_share_by_position"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from cluster.cli import main
+
+    sys.exit(main(["generate", *sys.argv[1:]]))
