@@ -31,7 +31,10 @@ class CachedBatch:
 
     @torch.no_grad()
     def start(self, prompts: list[list[int]]) -> None:
-        """Prefill all but the last token of each prompt (left-padded); the last one becomes pending."""
+        """Prefill all but the last token of each prompt (left-padded); the last one becomes pending.
+
+        Prefill needs only the cache, so the LM head runs on one position instead of the whole prompt.
+        """
         self._reset(len(prompts))
         width = max(len(p) for p in prompts) - 1
         pads = torch.tensor([width - (len(p) - 1) for p in prompts], device=self.device)
@@ -41,7 +44,7 @@ class CachedBatch:
                 ids[row, int(pads[row]):] = torch.tensor(prompt[:-1], dtype=torch.long)
         prefill_valid = torch.arange(width, device=self.device)[None, :] >= pads[:, None]
         if width > 0:
-            self._run(ids, prefill_valid, positions=(prefill_valid.cumsum(1) - 1).clamp(min=0))
+            self._run(ids, prefill_valid, positions=(prefill_valid.cumsum(1) - 1).clamp(min=0), logits_to_keep=1)
         self.valid = prefill_valid
         self.length = prefill_valid.sum(1)
         self.pending = torch.tensor([p[-1] for p in prompts], dtype=torch.long, device=self.device)
@@ -57,10 +60,10 @@ class CachedBatch:
         self.length = self.length + m
         return logits
 
-    def _run(self, ids, new_valid, positions) -> torch.Tensor:
+    def _run(self, ids, new_valid, positions, logits_to_keep: int = 0) -> torch.Tensor:
         mask = torch.cat([self.valid, new_valid], dim=1)  # self.valid spans the cache as it is now
         out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions,
-                         past_key_values=self.cache, use_cache=True)
+                         past_key_values=self.cache, use_cache=True, logits_to_keep=logits_to_keep)
         return out.logits
 
     def keep(self, lengths: torch.Tensor, pending: torch.Tensor) -> None:

@@ -34,9 +34,18 @@ class LMWorker:
     role = "model"
 
     def __init__(self, spec: ModelConfig, switch: SwitchConfig):
+        """Light on purpose: the actor is placed first, then `load` brings the model in."""
         torch.set_num_threads(max(1, int(spec.num_cpus)))
+        self.spec = spec
         self.device = pick_device(spec)
-        self.model = load_model(spec, self.device)
+        self.configure(switch)
+
+    def load(self) -> dict:
+        self.model = load_model(self.spec, self.device)
+        return self.info()
+
+    def configure(self, switch: SwitchConfig) -> None:
+        """New generation settings (and seed) for the next run; drops any batch in flight."""
         self.switch = switch
         self.batches: dict[int, CachedBatch] = {}  # one per pipeline group
         self.round_start: dict[int, torch.Tensor] = {}

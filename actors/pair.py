@@ -48,7 +48,18 @@ def check_resources(cfg: Config) -> None:
 def start_pair(cfg: Config):
     """The two actors, with resources from config, ready (models loaded)."""
     check_resources(cfg)
-    teacher = TeacherActor.options(**actor_options(cfg.teacher)).remote(cfg.teacher, cfg.switch)
-    student = StudentActor.options(**actor_options(cfg.student)).remote(cfg.student, cfg.switch)
-    ray.get([teacher.info.remote(), student.info.remote()])
-    return teacher, student
+    actors = {
+        "teacher": TeacherActor.options(**actor_options(cfg.teacher)).remote(cfg.teacher, cfg.switch),
+        "student": StudentActor.options(**actor_options(cfg.student)).remote(cfg.student, cfg.switch),
+    }
+    placed = {role: actor.__ray_ready__.remote() for role, actor in actors.items()}
+    ready, _ = ray.wait(list(placed.values()), num_returns=len(placed), timeout=cfg.placement_timeout_s)
+    waiting = [role for role, ref in placed.items() if ref not in ready]
+    if waiting:
+        for actor in actors.values():
+            ray.kill(actor)
+        asks = {role: actor_options(getattr(cfg, role)) for role in waiting}
+        raise ConfigError(f"{' and '.join(waiting)} could not be placed within {cfg.placement_timeout_s:g} s: "
+                          f"asked for {asks}; free now: {ray.available_resources()}")
+    ray.get([actor.load.remote() for actor in actors.values()])
+    return actors["teacher"], actors["student"]

@@ -58,6 +58,7 @@ class Config:
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=lambda: ModelConfig(path="embedded:student"))
     switch: SwitchConfig = field(default_factory=SwitchConfig)
+    placement_timeout_s: float = 60.0  # how long actors may wait for resources before we give up
 
 
 def preset_names() -> list[str]:
@@ -168,6 +169,7 @@ def validate(cfg: Config) -> None:
         (s.teacher_topk >= 0, f"switch.teacher_topk={s.teacher_topk}: must be >= 0"),
         (s.wire_dtype in ("float32", "float16"), f"switch.wire_dtype={s.wire_dtype!r}: choose float32 or float16"),
     ]
+    checks.append((cfg.placement_timeout_s > 0, f"placement_timeout_s={cfg.placement_timeout_s}: must be > 0"))
     for role in ("teacher", "student"):
         m = getattr(cfg, role)
         checks += [

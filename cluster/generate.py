@@ -36,7 +36,11 @@ def generate(cfg: Config, prompts_path, out_path, limit=None, progress=True, act
     tokenizer, items = prepare(cfg, prompts_path, limit)
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
-    teacher, student = actors or start_pair(cfg)
+    if actors:
+        teacher, student = actors
+        ray.get([teacher.configure.remote(cfg.switch), student.configure.remote(cfg.switch)])
+    else:
+        teacher, student = start_pair(cfg)
     controller = SwitchController(teacher, student, cfg.switch, eos_ids(tokenizer))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

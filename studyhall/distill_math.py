@@ -60,9 +60,10 @@ def js(logp_t: torch.Tensor, logp_s: torch.Tensor) -> torch.Tensor:
     """Jensen-Shannon divergence in nats, in [0, ln 2]."""
     p_t, p_s = logp_t.exp(), logp_s.exp()
     logp_m = torch.log(0.5 * (p_t + p_s))
-    terms = p_t * (logp_t - logp_m) + p_s * (logp_s - logp_m)
-    # A NaN here is 0 * inf where a token has no mass under one side (or both): its term is 0.
-    return 0.5 * torch.nan_to_num(terms, nan=0.0).sum(-1)
+    # A NaN in a term is 0 * inf, for a token with no mass on that side: the term is 0.
+    term_t = torch.nan_to_num(p_t * (logp_t - logp_m), nan=0.0)
+    term_s = torch.nan_to_num(p_s * (logp_s - logp_m), nan=0.0)
+    return 0.5 * (term_t + term_s).sum(-1)
 
 
 def total_variation(logp_t: torch.Tensor, logp_s: torch.Tensor) -> torch.Tensor:

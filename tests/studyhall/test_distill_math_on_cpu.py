@@ -1,0 +1,123 @@
+"""The pure math against torch.distributions and direct formulas."""
+import math
+
+import pytest
+import torch
+from torch.distributions import Categorical, kl_divergence
+
+from studyhall import distill_math as dm
+
+
+def _pair(seed=0, shape=(3, 5, 50), scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.log_softmax(torch.randn(shape, generator=g) * scale, -1)
+    b = torch.log_softmax(torch.randn(shape, generator=g) * scale, -1)
+    return a, b
+
+
+def test_kl_matches_torch_distributions():
+    a, b = _pair()
+    expected = kl_divergence(Categorical(logits=a), Categorical(logits=b))
+    torch.testing.assert_close(dm.kl(a, b), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_js_matches_direct_formula_and_bounds():
+    a, b = _pair(1)
+    pa, pb = a.exp().double(), b.exp().double()
+    m = 0.5 * (pa + pb)
+    direct = 0.5 * (pa * (pa / m).log()).sum(-1) + 0.5 * (pb * (pb / m).log()).sum(-1)
+    got = dm.js(a, b)
+    torch.testing.assert_close(got.double(), direct, rtol=1e-5, atol=1e-6)
+    assert (got >= -1e-7).all() and (got <= math.log(2) + 1e-6).all()
+    torch.testing.assert_close(dm.js(a, a), torch.zeros(a.shape[:-1]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(dm.js(a, b), dm.js(b, a))
+
+
+def test_js_disjoint_supports_is_ln2_and_never_nan():
+    inf = float("-inf")
+    a = torch.tensor([[0.0, inf, inf]])
+    b = torch.tensor([[inf, 0.0, inf]])
+    assert dm.js(a, b).item() == pytest.approx(math.log(2), abs=1e-6)
+    # Extreme logits whose probabilities underflow to 0 on both sides must not give NaN.
+    c = torch.log_softmax(torch.tensor([[0.0, -200.0, -300.0]]), -1)
+    assert torch.isfinite(dm.js(c, c)).all()
+
+
+def test_total_variation_and_kl_directions():
+    a, b = _pair(2)
+    direct_tv = 0.5 * (a.exp() - b.exp()).abs().sum(-1)
+    torch.testing.assert_close(dm.total_variation(a, b), direct_tv)
+    student_token = torch.zeros(a.shape[:-1], dtype=torch.long)
+    torch.testing.assert_close(dm.gate_score("kl_ts", a, b, student_token), dm.kl(a, b))
+    torch.testing.assert_close(dm.gate_score("kl_st", a, b, student_token), dm.kl(b, a))
+
+
+def test_teacher_rank_counts_strictly_better_tokens():
+    logp_t = torch.log_softmax(torch.tensor([[0.1, 3.0, 2.0, -1.0]]), -1)
+    ranks = [dm.teacher_rank(logp_t, torch.tensor([t])).item() for t in range(4)]
+    assert ranks == [2, 0, 1, 3]
+    # SKD gate with K = 2: tokens ranked 0 and 1 pass, the others go to the teacher.
+    tau = 2 - 0.5
+    assert [r > tau for r in ranks] == [True, False, False, True]
+
+
+def test_schedules():
+    t = torch.arange(0, 100)
+    exp = dm.thresholds("exponential", 0.4, 0.05, t)
+    torch.testing.assert_close(exp, (0.4 * torch.exp(-0.05 * t.double())).float())
+    assert exp[0] == pytest.approx(0.4) and (exp[1:] < exp[:-1]).all()
+    assert (dm.thresholds("constant", 0.4, 0.05, t) == 0.4).all()
+    lin = dm.thresholds("linear", 0.4, 0.01, t)
+    assert lin[0] == pytest.approx(0.4) and lin[10] == pytest.approx(0.3) and (lin[40:] == 0).all()
+
+
+def test_nucleus_keeps_smallest_set_reaching_top_p():
+    logp = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    kept = dm.nucleus(logp, 0.7).isfinite().tolist()
+    assert kept == [True, True, False, False]
+    assert dm.nucleus(logp, 0.8).isfinite().tolist() == [True, True, False, False]
+    assert dm.nucleus(logp, 0.81).isfinite().tolist() == [True, True, True, False]
+    assert dm.nucleus(logp, 0.01).isfinite().tolist() == [True, False, False, False]
+
+
+def test_sampling_law_matches_probabilities():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logp = probs.log().expand(20000, 5)
+    g = torch.Generator().manual_seed(3)
+    draws = dm.sample(logp, greedy=False, top_p=1.0, generator=g)
+    freq = torch.bincount(draws, minlength=5).double() / draws.numel()
+    assert freq[4] == 0  # a zero-mass token is never drawn
+    # 5 standard errors at n=20000 is < 0.018 for every p here
+    assert (freq[:4] - probs[:4].double()).abs().max() < 0.018
+    assert (dm.sample(logp[:3], greedy=True, top_p=1.0, generator=None) == 0).all()
+    nucleus_draws = dm.sample(logp[:2000], greedy=False, top_p=0.7, generator=g)
+    assert set(nucleus_draws.tolist()) == {0, 1}
+
+
+def test_switch_block_student_drafts():
+    # 1 row, 3 positions, vocab 4. Position 0: low divergence -> student's draft kept.
+    # Position 1: high divergence -> teacher's sample (2) differs from the draft (1) -> stop there.
+    sharp = lambda i: torch.log_softmax(torch.nn.functional.one_hot(torch.tensor(i), 4).float() * 20, -1)
+    logp_t = torch.stack([sharp(0), sharp(2), sharp(3)])[None]
+    logp_s = torch.stack([sharp(0), sharp(1), sharp(3)])[None]
+    drafted = torch.tensor([[0, 1, 3]])
+    teacher_sample = torch.tensor([[0, 2, 3]])
+    tau = torch.full((1, 3), 0.3)
+    tokens, from_teacher, score, n = dm.switch_block(logp_t, logp_s, drafted, teacher_sample, False, "js", tau)
+    assert n.tolist() == [2]
+    assert tokens[0, :2].tolist() == [0, 2]
+    assert from_teacher[0, :2].tolist() == [False, True]
+    assert score[0, 0] < 0.01 and score[0, 1] > 0.6
+
+
+def test_switch_block_teacher_drafts_and_agreement_keeps_going():
+    logp = torch.log_softmax(torch.randn(2, 3, 6), -1)
+    drafted = torch.tensor([[1, 2, 3], [1, 2, 3]])
+    student_sample = torch.tensor([[1, 2, 3], [1, 5, 3]])
+    tau = torch.full((2, 3), -1.0)  # below every divergence: the teacher owns all, draft is kept
+    _, from_teacher, _, n = dm.switch_block(logp, logp, drafted, student_sample, True, "js", tau)
+    assert n.tolist() == [3, 3] and from_teacher.all()
+    tau = torch.full((2, 3), 10.0)  # the student owns all: its samples decide
+    tokens, from_teacher, _, n = dm.switch_block(logp, logp, drafted, student_sample, True, "js", tau)
+    assert n.tolist() == [3, 2]  # row 1 diverges at position 1
+    assert tokens[1, 1] == 5 and not from_teacher.any()
