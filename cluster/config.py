@@ -130,6 +130,11 @@ def apply_override(cfg: Config, item: str) -> None:
 
 def _coerce(old, value, text: str, label: str):
     """Give the override the type of the field it replaces."""
+    if isinstance(value, str) and isinstance(old, (int, float)) and not isinstance(old, bool):
+        try:
+            value = float(value)  # YAML 1.1 reads "1e9" as a string
+        except ValueError:
+            pass
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(old, bool):
         if not isinstance(value, bool):

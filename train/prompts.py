@@ -27,12 +27,17 @@ def read_rows(path: str | Path) -> list[tuple[int, dict]]:
     lines = [n for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if text.strip()]
     if not lines:
         raise ConfigError(f"prompt file {path}: empty, expected one JSON object per line")
-    from datasets import load_dataset
+    import datasets
 
+    datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parse errors come back as ours, with a line
     try:
-        rows = load_dataset("json", data_files=str(path), split="train")
+        rows = datasets.load_dataset("json", data_files=str(path), split="train")
     except Exception as err:
         raise _locate_bad_line(path) or ConfigError(f"prompt file {path}: cannot be read as JSONL ({_first_line(err)})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if len(rows) != len(lines):
         raise _locate_bad_line(path) or ConfigError(f"prompt file {path}: {len(lines)} lines but {len(rows)} rows")
     return list(zip(lines, rows))
