@@ -5,6 +5,7 @@ Either role can draft a block (sample g tokens one at a time) or score a block a
 scorer through the object store; the scorer holds both distributions, so it decides, and sends the
 controller only the small per-position record. Both sides then roll back to the committed length.
 """
+import time
 import warnings
 
 import numpy as np
@@ -104,15 +105,14 @@ class LMWorker:
         theirs = from_wire(draft["logp"], self.device)
         fed = torch.cat([batch.pending[:, None], drafted[:, :-1]], dim=1)
         mine = self._logprobs(batch.forward(fed))
-        scorer_sample = self._sample(mine)
         i_am_teacher = self.role == "teacher"
         logp_t, logp_s = (mine, theirs) if i_am_teacher else (theirs, mine)
         tau = torch.from_numpy(taus).to(self.device)
         if self.switch.divergence == "skd":
             tau = torch.full_like(tau, self.switch.tau_for_skd())
         tokens, from_teacher, score, n_commit = switch_block(
-            logp_t, logp_s, drafted, scorer_sample, teacher_drafts=not i_am_teacher,
-            divergence=self.switch.divergence, tau=tau)
+            logp_t, logp_s, drafted, teacher_drafts=not i_am_teacher, divergence=self.switch.divergence,
+            tau=tau, greedy=not self.switch.sample, top_p=self.switch.top_p, generator=self.generator)
         result = {
             "tokens": tokens.cpu().numpy(),
             "from_teacher": from_teacher.cpu().numpy(),
@@ -128,6 +128,28 @@ class LMWorker:
             result["teacher_topk_logprobs"] = top.values.to(torch.float16).cpu().numpy()
         self._batch(group, result)  # the scorer commits at once
         return result
+
+    @torch.no_grad()
+    def throughput(self, prompts: list[list[int]], g: int, rounds: int, kind: str) -> float:
+        """Tokens/s of this model alone, inside the actor: drafting g tokens at a time ("draft"),
+        or scoring g-token blocks in one forward ("score"). The benchmark's bound is built from these."""
+        batch = CachedBatch(self.model, self.device)
+        batch.start(prompts)
+        blocks = torch.randint(0, self.model.config.vocab_size, (rounds, batch.rows, g), generator=self.generator)
+        started = time.perf_counter()
+        for r in range(rounds):
+            begin = batch.length.clone()
+            if kind == "draft":
+                token = batch.pending
+                for _ in range(g):
+                    token = self._sample(self._logprobs(batch.forward(token[:, None])[:, -1]))
+            else:
+                fed = torch.cat([batch.pending[:, None], blocks[r, :, :-1]], dim=1)
+                logp = self._logprobs(batch.forward(fed))
+                self._sample(logp)
+                token = blocks[r, :, -1]
+            batch.keep(begin + g, token)
+        return rounds * g * batch.rows / (time.perf_counter() - started)
 
     def drop(self, group: int) -> None:
         """Forget a group that has no sequences left."""

@@ -107,23 +107,54 @@ def thresholds(schedule: str, tau0: float, lam: float, positions: torch.Tensor) 
 
 # ---- the SWITCH decision over one drafted block ------------------------------------------------
 
-def switch_block(logp_t, logp_s, drafted, scorer_sample, teacher_drafts: bool, divergence: str, tau):
+TOKEN_GATES = {"skd"}  # gates that look at the student's sampled token, not only the two distributions
+
+
+def coupled_sample(logp_target, logp_proposal, proposal, greedy: bool, top_p: float, generator):
+    """A draw from the target law that equals `proposal` (drawn from the proposal law) as often as
+    any coupling allows: keep it with probability min(1, q_target/q_proposal), else draw from the
+    leftover mass (q_target - q_proposal)+. The marginal is exactly the target (the speculative
+    sampling theorem); agreement is 1 - TV instead of the sum of q_target * q_proposal.
+    """
+    if greedy:
+        return logp_target.argmax(-1)
+    logq_t, logq_p = nucleus(logp_target, top_p), nucleus(logp_proposal, top_p)
+    ratio = (logq_t.gather(-1, proposal[..., None]) - logq_p.gather(-1, proposal[..., None]))[..., 0].exp()
+    u = torch.rand(ratio.shape, generator=generator, device=ratio.device, dtype=ratio.dtype)
+    leftover = (logq_t.exp() - logq_p.exp()).clamp(min=0.0)
+    # Where the two laws are equal the leftover is empty, but then ratio = 1 and the proposal stays.
+    leftover = torch.where(leftover.sum(-1, keepdim=True) > 0, leftover, logq_t.exp())
+    return torch.where(u < ratio, proposal, sample(leftover.log(), False, 1.0, generator))
+
+
+def switch_block(logp_t, logp_s, drafted, teacher_drafts: bool, divergence: str, tau,
+                 greedy: bool = False, top_p: float = 1.0, generator=None):
     """Apply the per-token SWITCH rule to a drafted block, position by position.
 
-    Shapes: logp_* [B, g, V]; drafted, scorer_sample [B, g]; tau [B, g].
-    The drafter's tokens were drawn from its own distributions; scorer_sample was drawn from the
-    scorer's distributions at the same positions. At each position the rule picks a source; the
-    token is that source's draw. The block stays valid while the chosen token equals the drafted
-    one, so each row commits up to and including its first mismatch. Because every draw is from
-    the right distribution given the same prefix, the output law equals that of the per-token rule.
+    Shapes: logp_* [B, g, V] (the divergence distributions; sampling applies top_p to them);
+    drafted [B, g], drawn by the drafter from its own distributions; tau [B, g].
+    At each position the rule names a source. If it is the drafter, its token stands. If it is
+    the other model, the token is a draw from that model's law, coupled to the draft so the two
+    agree as often as possible. The block stays valid while tokens equal the drafted ones, so each
+    row commits up to and including its first mismatch. Every token is drawn from the source's law
+    given the same prefix, so the output law is exactly that of the per-token rule.
+
+    A token gate (SKD) depends on the student's own draw, so there the other model draws
+    independently: coupling would bias which tokens the gate sees.
 
     Returns (tokens [B, g], from_teacher [B, g] bool, score [B, g], n_commit [B]).
     """
-    teacher_token = drafted if teacher_drafts else scorer_sample
-    student_token = scorer_sample if teacher_drafts else drafted
-    score = gate_score(divergence, logp_t, logp_s, student_token).float()
+    logp_other, logp_drafter = (logp_s, logp_t) if teacher_drafts else (logp_t, logp_s)
+    if divergence in TOKEN_GATES:
+        other = sample(logp_other, greedy, top_p, generator)
+        student_token = other if teacher_drafts else drafted
+        score = gate_score(divergence, logp_t, logp_s, student_token).float()
+    else:
+        score = gate_score(divergence, logp_t, logp_s, None).float()
+        other = coupled_sample(logp_other, logp_drafter, drafted, greedy, top_p, generator)
     from_teacher = score > tau
-    tokens = torch.where(from_teacher, teacher_token, student_token)
+    other_owns = ~from_teacher if teacher_drafts else from_teacher
+    tokens = torch.where(other_owns, other, drafted)
     mismatch = tokens != drafted
     g = drafted.shape[1]
     first_mismatch = torch.where(mismatch.any(1), mismatch.float().argmax(1), torch.full_like(mismatch[:, 0], g, dtype=torch.long))

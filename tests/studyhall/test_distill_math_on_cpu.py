@@ -94,30 +94,60 @@ def test_sampling_law_matches_probabilities():
     assert set(nucleus_draws.tolist()) == {0, 1}
 
 
-def test_switch_block_student_drafts():
-    # 1 row, 3 positions, vocab 4. Position 0: low divergence -> student's draft kept.
-    # Position 1: high divergence -> teacher's sample (2) differs from the draft (1) -> stop there.
-    sharp = lambda i: torch.log_softmax(torch.nn.functional.one_hot(torch.tensor(i), 4).float() * 20, -1)
-    logp_t = torch.stack([sharp(0), sharp(2), sharp(3)])[None]
-    logp_s = torch.stack([sharp(0), sharp(1), sharp(3)])[None]
+def _sharp(*argmaxes, vocab=6):
+    """Log-probs that put almost all mass on the given token at each position."""
+    return torch.log_softmax(torch.nn.functional.one_hot(torch.tensor(argmaxes), vocab).float() * 20, -1)
+
+
+def test_switch_block_student_drafts_and_teacher_takes_over():
+    # Position 0: models agree (low divergence) -> the student's draft stands.
+    # Position 1: they disagree (high divergence) -> the teacher's token (2) replaces the draft (1):
+    # the block is cut there and position 2 is dropped.
+    logp_t, logp_s = _sharp(0, 2, 3)[None], _sharp(0, 1, 3)[None]
     drafted = torch.tensor([[0, 1, 3]])
-    teacher_sample = torch.tensor([[0, 2, 3]])
     tau = torch.full((1, 3), 0.3)
-    tokens, from_teacher, score, n = dm.switch_block(logp_t, logp_s, drafted, teacher_sample, False, "js", tau)
+    tokens, from_teacher, score, n = dm.switch_block(logp_t, logp_s, drafted, False, "js", tau, greedy=True)
     assert n.tolist() == [2]
     assert tokens[0, :2].tolist() == [0, 2]
     assert from_teacher[0, :2].tolist() == [False, True]
     assert score[0, 0] < 0.01 and score[0, 1] > 0.6
 
 
-def test_switch_block_teacher_drafts_and_agreement_keeps_going():
-    logp = torch.log_softmax(torch.randn(2, 3, 6), -1)
+def test_switch_block_teacher_drafts():
+    logp_t = _sharp(1, 2, 3).expand(2, 3, 6)
+    logp_s = torch.stack([_sharp(1, 2, 3), _sharp(1, 5, 3)])  # row 1 disagrees at position 1
     drafted = torch.tensor([[1, 2, 3], [1, 2, 3]])
-    student_sample = torch.tensor([[1, 2, 3], [1, 5, 3]])
-    tau = torch.full((2, 3), -1.0)  # below every divergence: the teacher owns all, draft is kept
-    _, from_teacher, _, n = dm.switch_block(logp, logp, drafted, student_sample, True, "js", tau)
-    assert n.tolist() == [3, 3] and from_teacher.all()
-    tau = torch.full((2, 3), 10.0)  # the student owns all: its samples decide
-    tokens, from_teacher, _, n = dm.switch_block(logp, logp, drafted, student_sample, True, "js", tau)
-    assert n.tolist() == [3, 2]  # row 1 diverges at position 1
-    assert tokens[1, 1] == 5 and not from_teacher.any()
+    low, high = torch.full((2, 3), -1.0), torch.full((2, 3), 10.0)
+    _, from_teacher, _, n = dm.switch_block(logp_t, logp_s, drafted, True, "js", low, greedy=True)
+    assert n.tolist() == [3, 3] and from_teacher.all()  # the teacher owns every position: draft stands
+    tokens, from_teacher, _, n = dm.switch_block(logp_t, logp_s, drafted, True, "js", high, greedy=True)
+    assert n.tolist() == [3, 2] and tokens[1, 1] == 5 and not from_teacher.any()
+
+
+def test_coupled_sample_has_the_target_law_and_agrees_maximally():
+    g = torch.Generator().manual_seed(5)
+    target = torch.tensor([0.5, 0.2, 0.2, 0.1, 0.0]).log()
+    proposal = torch.tensor([0.1, 0.4, 0.2, 0.0, 0.3]).log()
+    n = 40000
+    drafts = dm.sample(proposal.expand(n, 5), False, 1.0, g)
+    out = dm.coupled_sample(target.expand(n, 5), proposal.expand(n, 5), drafts, False, 1.0, g)
+    freq = torch.bincount(out, minlength=5).double() / n
+    assert (freq - target.exp().double()).abs().max() < 0.012  # > 5 standard errors at n = 40000
+    tv = 0.5 * (target.exp() - proposal.exp()).abs().sum().item()
+    agree = (out == drafts).double().mean().item()
+    assert agree == pytest.approx(1 - tv, abs=0.012)  # 1 - TV = 0.6, against 0.18 for independent draws
+    # with a nucleus, the law is the target's nucleus
+    out = dm.coupled_sample(target.expand(n, 5), proposal.expand(n, 5), drafts, False, 0.6, g)
+    assert set(out.unique().tolist()) <= {0, 1, 2}
+
+
+def test_skd_gate_uses_the_student_token():
+    logp_t = torch.log_softmax(torch.tensor([[[3.0, 2.0, 1.0, 0.0]]]), -1)
+    logp_s = torch.log_softmax(torch.tensor([[[0.0, 0.0, 0.0, 9.0]]]), -1)
+    drafted = torch.tensor([[3]])  # the student's token is the teacher's worst: rank 3
+    tau = torch.tensor([[2 - 0.5]])  # K = 2
+    tokens, from_teacher, score, n = dm.switch_block(logp_t, logp_s, drafted, False, "skd", tau, greedy=True)
+    assert score.item() == 3 and from_teacher.item() and tokens.item() == 0
+    drafted = torch.tensor([[1]])  # rank 1 < K: the student keeps it
+    tokens, from_teacher, _, _ = dm.switch_block(logp_t, logp_s, drafted, False, "skd", tau, greedy=True)
+    assert not from_teacher.item() and tokens.item() == 1
