@@ -1,13 +1,13 @@
 """`studyhall bench switch`: block-speculative SWITCH against the per-token reference, in one run.
 
-Two operating points are calibrated on the same prompts: `low_point` (the teacher writes ~10% of
-tokens) and `paper_point` (~50%, as in the SWITCH paper). tau0 is solved from the (position,
-divergence) pairs of the previous run with lambda fixed, then checked by running again.
+Two operating points are calibrated, with lambda fixed, by bisection on tau0 over half of the
+prompts: `low_point` (the teacher writes ~10% of tokens) and `paper_point` (~50%, as in the SWITCH
+paper). Block and per-token SWITCH then run on all the prompts at each point.
 """
 import dataclasses
 import json
 import math
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +19,14 @@ from cluster.config import load_config
 from cluster.generate import eos_ids, prepare
 
 TARGETS = {"low_point": 0.10, "paper_point": 0.50}
-DEFAULT_PROMPTS = {"tiny": 64, "smol": 32}
-CALIBRATION_ROUNDS = 3
+DEFAULT_PROMPTS = {"tiny": 64, "smol": 16}
+DEFAULT_OVERRIDES = {"smol": ["max_new_tokens=96"]}  # keeps the smol bench near 10 minutes on 2 cores
+CALIBRATION_STEPS = 6
+CALIBRATION_TOLERANCE = 0.025
 
 
 def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]) -> dict:
-    cfg = load_config(preset, ["sample=true", *overrides])
+    cfg = load_config(preset, ["sample=true", *DEFAULT_OVERRIDES.get(preset, []), *overrides])
     tokenizer, items = prepare(cfg, None, n_prompts or DEFAULT_PROMPTS.get(preset, 32))
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
@@ -32,17 +34,22 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
     eos = eos_ids(tokenizer)
     lam = 1.0 / cfg.switch.max_new_tokens  # tau falls to 1/e of tau0 by the longest answer
 
-    def run(**changes):
+    calibration_items = items[: max(8, len(items) // 2)]
+
+    def run(calibration=False, **changes):
         switch = dataclasses.replace(cfg.switch, **changes)
         ray.get([teacher.configure.remote(switch), student.configure.remote(switch)])
         seqs = []
-        stats = SwitchController(teacher, student, switch, eos).run(items, on_finish=seqs.append)
-        return stats.summary(), seqs
+        batch = calibration_items if calibration else items
+        summary = SwitchController(teacher, student, switch, eos).run(batch, on_finish=seqs.append).summary()
+        print(f"bench switch: {changes} -> teacher share {summary['teacher_share']:.3f}, "
+              f"{summary['tokens_per_s']} tokens/s, {summary['teacher_calls_per_token']} teacher calls/token", file=sys.stderr)
+        return summary, seqs
 
     result = {"preset": preset, "prompts": len(items), "max_new_tokens": cfg.switch.max_new_tokens,
               "batch_size": cfg.switch.batch_size, "pipeline_groups": cfg.switch.pipeline_groups,
               "schedule": "exponential", "lam": lam, "divergence": cfg.switch.divergence}
-    run(mode="block", tau0=cfg.switch.tau0, lam=lam)  # warm-up: first calls pay for allocation
+    # The calibration runs come first, so the measured runs never pay for first-call warm-up.
     for point, target in TARGETS.items():
         tau0, calibration = _calibrate(run, target, cfg.switch.tau0, lam)
         block, _ = run(mode="block", tau0=tau0, lam=lam)
@@ -68,28 +75,39 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
     return result
 
 
-def _calibrate(run, target: float, tau0: float, lam: float):
-    """Fixed-point search: pick the tau0 that would give `target` on the last run's divergences."""
-    shares = []
-    for _ in range(CALIBRATION_ROUNDS):
-        summary, seqs = run(mode="block", tau0=tau0, lam=lam)
-        shares.append(summary["teacher_share"])
-        if abs(summary["teacher_share"] - target) < 0.02:
+def _calibrate(run, target: float, tau0: float, lam: float, steps: int = CALIBRATION_STEPS):
+    """Bisection on tau0 (the teacher's share falls as tau0 rises), on the calibration prompts.
+
+    The first guess is the tau0 that would give `target` on the divergences of a first run; the
+    divergences move with tau0 (they depend on who wrote the prefix), hence the bisection after it.
+    """
+    summary, seqs = run(calibration=True, mode="block", tau0=tau0, lam=lam)
+    t = np.array([i for s in seqs for i in range(len(s.divergence))], dtype=float)
+    scaled = np.array([x for s in seqs for x in s.divergence]) * np.exp(lam * t)  # D_t > tau0 e^(-lam t)
+    lo, hi = 0.0, float(scaled.max()) * 1.01 + 1e-6  # share(hi) = 0 on these divergences
+    guess = float(np.quantile(scaled, 1.0 - target))
+    best, shares = (abs(summary["teacher_share"] - target), tau0), [summary["teacher_share"]]
+    for _ in range(steps):
+        share = run(calibration=True, mode="block", tau0=guess, lam=lam)[0]["teacher_share"]
+        shares.append(share)
+        best = min(best, (abs(share - target), guess))
+        if abs(share - target) <= CALIBRATION_TOLERANCE:
             break
-        t = np.array([i for s in seqs for i in range(len(s.divergence))], dtype=float)
-        d = np.array([x for s in seqs for x in s.divergence])
-        scaled = d * np.exp(lam * t)  # D_t > tau0 * exp(-lam t)  <=>  D_t * exp(lam t) > tau0
-        tau0 = float(np.quantile(scaled, 1.0 - target))
-    return tau0, shares
+        lo, hi = (guess, hi) if share > target else (lo, guess)
+        guess = 0.5 * (lo + hi)
+    return best[1], shares
 
 
 def _bound(cfg, teacher, student, items) -> dict:
-    """Student-only sampling rate and teacher block-scoring rate, each measured inside its actor."""
-    prompts = [it.token_ids for it in items[: cfg.switch.batch_size]]
+    """Student-only sampling rate and teacher block-scoring rate, each measured inside its actor
+    with the shapes the runs use: a pipeline group's rows, blocks of the starting gamma."""
+    rows = math.ceil(cfg.switch.batch_size / cfg.switch.pipeline_groups)
+    prompts = [it.token_ids for it in items[:rows]]
     g, rounds = cfg.switch.gamma, max(4, cfg.switch.max_new_tokens // (2 * cfg.switch.gamma))
     student_rate = ray.get(student.throughput.remote(prompts, g, rounds, "draft"))
     teacher_rate = ray.get(teacher.throughput.remote(prompts, g, rounds, "score"))
     return {
+        "bound_rows_per_forward": len(prompts), "bound_gamma": g,
         "student_sampling_tokens_per_s": round(student_rate, 2),
         "teacher_scoring_tokens_per_s": round(teacher_rate, 2),
         "bound_tokens_per_s": round(1.0 / (1.0 / student_rate + 1.0 / teacher_rate), 2),
