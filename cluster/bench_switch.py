@@ -1,8 +1,8 @@
 """`studyhall bench switch`: block-speculative SWITCH against the per-token reference, in one run.
 
-Two operating points are calibrated, with lambda fixed, by bisection on tau0 over half of the
+Two operating points are calibrated, with lambda fixed, by bisection on tau0 over the same
 prompts: `low_point` (the teacher writes ~10% of tokens) and `paper_point` (~50%, as in the SWITCH
-paper). Block and per-token SWITCH then run on all the prompts at each point.
+paper). Block and per-token SWITCH then run at each point.
 """
 import dataclasses
 import json
@@ -34,14 +34,11 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
     eos = eos_ids(tokenizer)
     lam = 1.0 / cfg.switch.max_new_tokens  # tau falls to 1/e of tau0 by the longest answer
 
-    calibration_items = items[: max(8, len(items) // 2)]
-
-    def run(calibration=False, **changes):
+    def run(**changes):
         switch = dataclasses.replace(cfg.switch, **changes)
         ray.get([teacher.configure.remote(switch), student.configure.remote(switch)])
         seqs = []
-        batch = calibration_items if calibration else items
-        summary = SwitchController(teacher, student, switch, eos).run(batch, on_finish=seqs.append).summary()
+        summary = SwitchController(teacher, student, switch, eos).run(items, on_finish=seqs.append).summary()
         print(f"bench switch: {changes} -> teacher share {summary['teacher_share']:.3f}, "
               f"{summary['tokens_per_s']} tokens/s, {summary['teacher_calls_per_token']} teacher calls/token", file=sys.stderr)
         return summary, seqs
@@ -49,10 +46,9 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
     result = {"preset": preset, "prompts": len(items), "max_new_tokens": cfg.switch.max_new_tokens,
               "batch_size": cfg.switch.batch_size, "pipeline_groups": cfg.switch.pipeline_groups,
               "schedule": "exponential", "lam": lam, "divergence": cfg.switch.divergence}
-    # The calibration runs come first, so the measured runs never pay for first-call warm-up.
+    # The first calibration run pays for first-call warm-up; it is never the one kept.
     for point, target in TARGETS.items():
-        tau0, calibration = _calibrate(run, target, cfg.switch.tau0, lam)
-        block, _ = run(mode="block", tau0=tau0, lam=lam)
+        tau0, calibration, block = _calibrate(run, target, cfg.switch.tau0, lam)
         naive, _ = run(mode="per_token", tau0=tau0, lam=lam)
         result[point] = {
             "target_share": target, "tau0": round(tau0, 5), "calibration_shares": calibration,
@@ -76,26 +72,28 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
 
 
 def _calibrate(run, target: float, tau0: float, lam: float, steps: int = CALIBRATION_STEPS):
-    """Bisection on tau0 (the teacher's share falls as tau0 rises), on the calibration prompts.
+    """Bisection on tau0 (the teacher's share falls as tau0 rises), on the bench's own prompts.
+    Returns tau0, the shares seen, and the block run at that tau0 (the seeded run is the measurement).
 
     The first guess is the tau0 that would give `target` on the divergences of a first run; the
     divergences move with tau0 (they depend on who wrote the prefix), hence the bisection after it.
     """
-    summary, seqs = run(calibration=True, mode="block", tau0=tau0, lam=lam)
+    summary, seqs = run(mode="block", tau0=tau0, lam=lam)
     t = np.array([i for s in seqs for i in range(len(s.divergence))], dtype=float)
     scaled = np.array([x for s in seqs for x in s.divergence]) * np.exp(lam * t)  # D_t > tau0 e^(-lam t)
     lo, hi = 0.0, float(scaled.max()) * 1.01 + 1e-6  # share(hi) = 0 on these divergences
     guess = float(np.quantile(scaled, 1.0 - target))
-    best, shares = (abs(summary["teacher_share"] - target), tau0), [summary["teacher_share"]]
+    best, shares = (float("inf"), tau0, summary), [summary["teacher_share"]]  # never keep the warm-up run
     for _ in range(steps):
-        share = run(calibration=True, mode="block", tau0=guess, lam=lam)[0]["teacher_share"]
+        summary = run(mode="block", tau0=guess, lam=lam)[0]
+        share = summary["teacher_share"]
         shares.append(share)
-        best = min(best, (abs(share - target), guess))
+        best = min(best, (abs(share - target), guess, summary), key=lambda b: b[0])
         if abs(share - target) <= CALIBRATION_TOLERANCE:
             break
         lo, hi = (guess, hi) if share > target else (lo, guess)
         guess = 0.5 * (lo + hi)
-    return best[1], shares
+    return best[1], shares, best[2]
 
 
 def _bound(cfg, teacher, student, items) -> dict:
