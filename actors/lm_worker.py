@@ -57,7 +57,9 @@ class LMWorker:
     # other group meanwhile, instead of blocking its queue until the scorer answers.
 
     def _batch(self, group: int, commit: dict | None) -> CachedBatch:
-        batch = self.batches.setdefault(group, CachedBatch(self.model, self.device))
+        if group not in self.batches:
+            self.batches[group] = CachedBatch(self.model, self.device)
+        batch = self.batches[group]
         if commit is not None:
             n = torch.from_numpy(commit["n_commit"]).to(self.device)
             tokens = torch.from_numpy(commit["tokens"]).to(self.device)

@@ -31,7 +31,7 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
     teacher, student = start_pair(cfg)
-    eos = eos_ids(tokenizer)
+    eos = eos_ids(tokenizer, cfg.teacher.path)
     lam = 1.0 / cfg.switch.max_new_tokens  # tau falls to 1/e of tau0 by the longest answer
 
     def run(**changes):

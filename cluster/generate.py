@@ -9,6 +9,7 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
+from actors.models import resolve_path
 from actors.pair import check_pair, start_pair
 from actors.switch_controller import SwitchController
 from cluster.config import Config
@@ -26,10 +27,18 @@ def prepare(cfg: Config, prompts_path, limit=None):
     return tokenizer, items
 
 
-def eos_ids(tokenizer) -> set[int]:
+def eos_ids(tokenizer, model_path: str | None = None) -> set[int]:
+    """The tokenizer's EOS plus the model's generation_config ones (chat models often list several)."""
     ids = {tokenizer.eos_token_id}
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    return {i for i in ids | {im_end} if i is not None}
+    if model_path and not model_path.startswith("tiny:"):
+        from transformers import GenerationConfig
+
+        try:
+            listed = GenerationConfig.from_pretrained(resolve_path(model_path)).eos_token_id
+        except OSError:  # no generation_config.json: the tokenizer's EOS is all there is
+            listed = None
+        ids |= set(listed if isinstance(listed, list) else [listed])
+    return {i for i in ids if i is not None}
 
 
 def generate(cfg: Config, prompts_path, out_path, limit=None, progress=True, actors=None) -> dict:
@@ -41,7 +50,7 @@ def generate(cfg: Config, prompts_path, out_path, limit=None, progress=True, act
         ray.get([teacher.configure.remote(cfg.switch), student.configure.remote(cfg.switch)])
     else:
         teacher, student = start_pair(cfg)
-    controller = SwitchController(teacher, student, cfg.switch, eos_ids(tokenizer))
+    controller = SwitchController(teacher, student, cfg.switch, eos_ids(tokenizer, cfg.teacher.path))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
