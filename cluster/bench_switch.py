@@ -21,7 +21,7 @@ from cluster.generate import eos_ids, prepare
 TARGETS = {"low_point": 0.10, "paper_point": 0.50}
 DEFAULT_PROMPTS = {"tiny": 64, "smol": 16}
 DEFAULT_OVERRIDES = {"smol": ["max_new_tokens=96"]}  # keeps the smol bench near 10 minutes on 2 cores
-CALIBRATION_STEPS = 6
+CALIBRATION_STEPS = 7
 CALIBRATION_TOLERANCE = 0.025
 
 
@@ -46,12 +46,13 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
     result = {"preset": preset, "prompts": len(items), "max_new_tokens": cfg.switch.max_new_tokens,
               "batch_size": cfg.switch.batch_size, "pipeline_groups": cfg.switch.pipeline_groups,
               "schedule": "exponential", "lam": lam, "divergence": cfg.switch.divergence}
-    # The first calibration run pays for first-call warm-up; it is never the one kept.
+    warm_up, _ = run(mode="block", tau0=cfg.switch.tau0, lam=lam)  # pays first-call costs; timing not kept
+    seen = [(cfg.switch.tau0, warm_up["teacher_share"], None)]
     for point, target in TARGETS.items():
-        tau0, calibration, block = _calibrate(run, target, cfg.switch.tau0, lam)
+        tau0, _, block = _calibrate(run, target, seen, lam)
         naive, _ = run(mode="per_token", tau0=tau0, lam=lam)
         result[point] = {
-            "target_share": target, "tau0": round(tau0, 5), "calibration_shares": calibration,
+            "target_share": target, "tau0": round(tau0, 5), "calibration_shares_so_far": [round(s[1], 4) for s in seen],
             "teacher_share": block["teacher_share"], "naive_teacher_share": naive["teacher_share"],
             "tokens_per_s": block["tokens_per_s"], "naive_tokens_per_s": naive["tokens_per_s"],
             "speedup_vs_naive": round(block["tokens_per_s"] / naive["tokens_per_s"], 3),
@@ -71,29 +72,24 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
     return result
 
 
-def _calibrate(run, target: float, tau0: float, lam: float, steps: int = CALIBRATION_STEPS):
-    """Bisection on tau0 (the teacher's share falls as tau0 rises), on the bench's own prompts.
-    Returns tau0, the shares seen, and the block run at that tau0 (the seeded run is the measurement).
+def _calibrate(run, target: float, seen: list, lam: float, steps: int = CALIBRATION_STEPS):
+    """Bisection on tau0 (the teacher's share falls as tau0 rises) over the bench's own prompts.
 
-    The first guess is the tau0 that would give `target` on the divergences of a first run; the
-    divergences move with tau0 (they depend on who wrote the prefix), hence the bisection after it.
+    `seen` holds every (tau0, share, summary) run so far, shared by both points, so each run
+    narrows every later bracket. The warm-up run's summary is None: its timing is never kept.
+    Returns the closest run: (tau0, share, summary).
     """
-    summary, seqs = run(mode="block", tau0=tau0, lam=lam)
-    t = np.array([i for s in seqs for i in range(len(s.divergence))], dtype=float)
-    scaled = np.array([x for s in seqs for x in s.divergence]) * np.exp(lam * t)  # D_t > tau0 e^(-lam t)
-    lo, hi = 0.0, float(scaled.max()) * 1.01 + 1e-6  # share(hi) = 0 on these divergences
-    guess = float(np.quantile(scaled, 1.0 - target))
-    best, shares = (float("inf"), tau0, summary), [summary["teacher_share"]]  # never keep the warm-up run
     for _ in range(steps):
+        timed = [s for s in seen if s[2] is not None]
+        best = min(timed, key=lambda s: abs(s[1] - target), default=None)
+        if best and abs(best[1] - target) <= CALIBRATION_TOLERANCE:
+            return best
+        lo = max((s[0] for s in seen if s[1] > target), default=0.0)
+        hi = min((s[0] for s in seen if s[1] <= target), default=None)
+        guess = 0.5 * (lo + hi) if hi is not None else 2 * lo + 0.1
         summary = run(mode="block", tau0=guess, lam=lam)[0]
-        share = summary["teacher_share"]
-        shares.append(share)
-        best = min(best, (abs(share - target), guess, summary), key=lambda b: b[0])
-        if abs(share - target) <= CALIBRATION_TOLERANCE:
-            break
-        lo, hi = (guess, hi) if share > target else (lo, guess)
-        guess = 0.5 * (lo + hi)
-    return best[1], shares, best[2]
+        seen.append((guess, summary["teacher_share"], summary))
+    return min((s for s in seen if s[2] is not None), key=lambda s: abs(s[1] - target))
 
 
 def _bound(cfg, teacher, student, items) -> dict:
