@@ -90,13 +90,18 @@ class LMWorker:
         """Sample g tokens autoregressively; return them and this model's log-probs at each."""
         batch = self._batch(group, commit)
         self.round_start[group] = batch.length.clone()
+        tokens, logps = self._draft_tokens(batch, g)
+        return {"tokens": tokens.cpu().numpy(), "logp": to_wire(logps, self.switch.wire_dtype)}
+
+    def _draft_tokens(self, batch: CachedBatch, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """g tokens sampled one forward at a time from the pending ones: tokens [B, g], log-probs [B, g, V]."""
         token, tokens, logps = batch.pending, [], []
         for _ in range(g):
             logp = self._logprobs(batch.forward(token[:, None])[:, -1])
             token = self._sample(logp)
             tokens.append(token)
             logps.append(logp)
-        return {"tokens": torch.stack(tokens, 1).cpu().numpy(), "logp": to_wire(torch.stack(logps, 1), self.switch.wire_dtype)}
+        return torch.stack(tokens, 1), torch.stack(logps, 1)
 
     @torch.no_grad()
     def score(self, group: int, draft: dict, taus: np.ndarray, commit: dict | None = None) -> dict:
@@ -110,8 +115,6 @@ class LMWorker:
         i_am_teacher = self.role == "teacher"
         logp_t, logp_s = (mine, theirs) if i_am_teacher else (theirs, mine)
         tau = torch.from_numpy(taus).to(self.device)
-        if self.switch.divergence == "skd":
-            tau = torch.full_like(tau, self.switch.tau_for_skd())
         tokens, from_teacher, score, n_commit = switch_block(
             logp_t, logp_s, drafted, teacher_drafts=not i_am_teacher, divergence=self.switch.divergence,
             tau=tau, greedy=not self.switch.sample, top_p=self.switch.top_p, generator=self.generator)
@@ -142,9 +145,7 @@ class LMWorker:
         for r in range(rounds):
             begin = batch.length.clone()
             if kind == "draft":
-                token = batch.pending
-                for _ in range(g):
-                    token = self._sample(self._logprobs(batch.forward(token[:, None])[:, -1]))
+                token = self._draft_tokens(batch, g)[0][:, -1]
             else:
                 fed = torch.cat([batch.pending[:, None], blocks[r, :, :-1]], dim=1)
                 logp = self._logprobs(batch.forward(fed))

@@ -23,11 +23,13 @@ def check_pair(cfg: Config):
     return student_tok, min(context_length(c) for c in configs)
 
 
-RAY_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU"}
-
-
 def actor_options(spec) -> dict:
     return {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus, "resources": dict(spec.resources)}
+
+
+def ray_demand(spec) -> dict:
+    """What one actor asks of the cluster, in Ray's resource names."""
+    return {"CPU": spec.num_cpus, "GPU": spec.num_gpus, **spec.resources}
 
 
 def check_resources(cfg: Config) -> None:
@@ -35,11 +37,10 @@ def check_resources(cfg: Config) -> None:
     have = ray.cluster_resources()
     total: dict = {}
     for role in ("teacher", "student"):
-        for key, amount in actor_options(getattr(cfg, role)).items():
-            for name, value in (amount.items() if key == "resources" else [(RAY_NAMES[key], amount)]):
-                if value > have.get(name, 0):
-                    raise ConfigError(f"{role} asks for {value} {name} but the Ray cluster has {have.get(name, 0)}")
-                total[name] = total.get(name, 0) + value
+        for name, value in ray_demand(getattr(cfg, role)).items():
+            if value > have.get(name, 0):
+                raise ConfigError(f"{role} asks for {value} {name} but the Ray cluster has {have.get(name, 0)}")
+            total[name] = total.get(name, 0) + value
     for name, value in total.items():
         if value > have.get(name, 0):
             raise ConfigError(f"teacher and student together ask for {value} {name} but the Ray cluster has {have.get(name, 0)}")

@@ -183,6 +183,9 @@ class SwitchController:
         self.gamma[drafter] = int(np.clip(round(survived) + 1, 1, self.cfg.gamma_max))
 
     def _taus(self, live: list, g: int) -> np.ndarray:
+        """tau at each position of the block; SKD's gate is a fixed rank, K - 0.5, not a schedule."""
+        if self.cfg.divergence == "skd":
+            return np.full((len(live), g), self.cfg.tau_for_skd(), dtype=np.float32)
         positions = torch.tensor([[len(seq.token_ids) + j for j in range(g)] for seq in live])
         return thresholds(self.cfg.schedule, self.cfg.tau0, self.cfg.lam, positions).numpy()
 
