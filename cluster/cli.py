@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", required=True)
     sw.add_argument("--prompts", type=int, default=None, help="how many embedded prompts (default from preset)")
     sw.add_argument("overrides", nargs="*")
+
+    # `studyhall eval` alone evaluates a student (train/); `studyhall eval gkt` the GKT trade-off (serve/).
+    ev = sub.add_parser("eval", help="evaluate a student, or (eval gkt) the GKT guidance trade-off")
+    ev.add_subparsers(dest="eval_target", required=False)
     return parser
 
 
