@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # `studyhall eval` alone evaluates a student (train/); `studyhall eval gkt` the GKT trade-off (serve/).
     ev = sub.add_parser("eval", help="evaluate a student, or (eval gkt) the GKT guidance trade-off")
-    ev.add_subparsers(dest="eval_target", required=False)
+    eval_sub = ev.add_subparsers(dest="eval_target", required=False)  # noqa: F841 (serve adds "gkt")
     return parser
 
 
