@@ -2,11 +2,11 @@
 
 Loaded through HF `datasets`; every mistake is reported with the file and line it sits on.
 """
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.config import ConfigError
+from train.rows import read_jsonl
 
 EMBEDDED_PROMPTS = Path(__file__).parent / "data" / "prompts.jsonl"
 
@@ -20,46 +20,8 @@ class PromptItem:
 
 
 def read_rows(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, row) for each non-blank line of a JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"prompt file {path}: not found")
-    lines = [n for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if text.strip()]
-    if not lines:
-        raise ConfigError(f"prompt file {path}: empty, expected one JSON object per line")
-    import datasets
-
-    datasets.disable_progress_bars()
-    verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parse errors come back as ours, with a line
-    try:
-        rows = datasets.load_dataset("json", data_files=str(path), split="train")
-    except Exception as err:
-        raise _locate_bad_line(path) or ConfigError(f"prompt file {path}: cannot be read as JSONL ({_first_line(err)})") from None
-    finally:
-        datasets.logging.set_verbosity(verbosity)
-    if len(rows) != len(lines):
-        raise _locate_bad_line(path) or ConfigError(f"prompt file {path}: {len(lines)} lines but {len(rows)} rows")
-    return list(zip(lines, rows))
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _locate_bad_line(path: Path) -> ConfigError | None:
-    """datasets says only that parsing failed; find the line that is not a JSON object."""
-    for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            return ConfigError(f"{path} line {n}: malformed JSON ({err.msg} at column {err.colno})")
-        if not isinstance(value, dict):
-            return ConfigError(f"{path} line {n}: expected a JSON object, got {type(value).__name__}")
-    return None
+    """(line number, row) for each non-blank line of a JSONL prompt file."""
+    return read_jsonl(path, what="prompt file")
 
 
 def to_messages(row: dict, where: str) -> list[dict]:
