@@ -160,3 +160,104 @@ def switch_block(logp_t, logp_s, drafted, teacher_drafts: bool, divergence: str,
     first_mismatch = torch.where(mismatch.any(1), mismatch.float().argmax(1), torch.full_like(mismatch[:, 0], g, dtype=torch.long))
     n_commit = torch.clamp(first_mismatch + 1, max=g)
     return tokens, from_teacher, score, n_commit
+
+
+# ---- distillation losses -------------------------------------------------------------------------
+# Token-level: inputs are log-probs (or logits) [..., C] over C categories, a mask [...] of the
+# positions that count, and a temperature applied to both sides. The result is the mean over masked
+# positions. C is the vocabulary, or the teacher's recorded top-k plus one "rest" bucket (see
+# `with_rest_bucket`); every divergence below is defined for either.
+
+def tempered(logp_or_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(x / T): the same law for logits or log-probs, since they differ by a constant."""
+    return torch.log_softmax(logp_or_logits.float() / temperature, dim=-1)
+
+
+def with_rest_bucket(logp_known: torch.Tensor) -> torch.Tensor:
+    """Append log(1 - sum p) as one more category, so k recorded log-probs become a full law.
+
+    Merging categories never increases a divergence (data processing), so losses over these k+1
+    buckets are lower bounds of the full-vocabulary ones, and equal them when the rest is empty.
+    """
+    mass = logp_known.exp().sum(-1, keepdim=True)
+    rest = torch.log1p(-mass.clamp(max=1.0 - 1e-6))
+    return torch.cat([logp_known, rest], dim=-1)
+
+
+def gather_buckets(logp_full: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """A full-vocabulary law restricted to `ids` [..., k], plus the rest bucket."""
+    return with_rest_bucket(logp_full.gather(-1, ids))
+
+
+def masked_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _mixture(logp_a: torch.Tensor, logp_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(w·p_a + (1-w)·p_b), computed in log space."""
+    if weight_a <= 0.0:
+        return logp_b
+    if weight_a >= 1.0:
+        return logp_a
+    return torch.logaddexp(logp_a + math.log(weight_a), logp_b + math.log1p(-weight_a))
+
+
+def forward_kl_loss(student, teacher_logp, mask, temperature: float = 1.0):
+    """KL(T || S): mean-seeking, the classic KD objective."""
+    s, t = tempered(student, temperature), tempered(teacher_logp, temperature)
+    return masked_mean(kl(t, s), mask)
+
+
+def reverse_kl_loss(student, teacher_logp, mask, temperature: float = 1.0):
+    """KL(S || T): mode-seeking."""
+    s, t = tempered(student, temperature), tempered(teacher_logp, temperature)
+    return masked_mean(kl(s, t), mask)
+
+
+def generalized_jsd_loss(student, teacher_logp, mask, beta: float = 0.5, temperature: float = 1.0):
+    """GKD's JSD(beta) = beta·KL(T || M) + (1-beta)·KL(S || M), with M = beta·T + (1-beta)·S.
+
+    Near beta = 0 it is beta·KL(T||S) to first order, near beta = 1 it is (1-beta)·KL(S||T); at the
+    end points themselves it would vanish, so, as in GKD, beta = 0 is forward and beta = 1 reverse KL.
+    """
+    s, t = tempered(student, temperature), tempered(teacher_logp, temperature)
+    if beta <= 0.0:
+        return masked_mean(kl(t, s), mask)
+    if beta >= 1.0:
+        return masked_mean(kl(s, t), mask)
+    m = _mixture(t, s, beta)
+    return masked_mean(beta * kl(t, m) + (1.0 - beta) * kl(s, m), mask)
+
+
+def skew_forward_kl_loss(student, teacher_logp, mask, alpha: float = 0.1, temperature: float = 1.0):
+    """DistiLLM's skew KL: KL(T || alpha·T + (1-alpha)·S). alpha = 0 is forward KL, alpha = 1 is 0."""
+    s, t = tempered(student, temperature), tempered(teacher_logp, temperature)
+    return masked_mean(kl(t, _mixture(t, s, alpha)), mask)
+
+
+def skew_reverse_kl_loss(student, teacher_logp, mask, alpha: float = 0.1, temperature: float = 1.0):
+    """DistiLLM's skew reverse KL: KL(S || alpha·S + (1-alpha)·T). alpha = 0 is reverse KL."""
+    s, t = tempered(student, temperature), tempered(teacher_logp, temperature)
+    return masked_mean(kl(s, _mixture(s, t, alpha)), mask)
+
+
+def tv_loss(student, teacher_logp, mask, temperature: float = 1.0):
+    s, t = tempered(student, temperature), tempered(teacher_logp, temperature)
+    return masked_mean(total_variation(t, s), mask)
+
+
+def cross_entropy_loss(student_logits, targets, mask):
+    """Next-token cross-entropy on the masked positions (SFT, and SeqKD on teacher outputs)."""
+    logp = torch.log_softmax(student_logits.float(), dim=-1)
+    return masked_mean(-logp.gather(-1, targets[..., None])[..., 0], mask)
+
+
+DISTILL_LOSSES = {
+    "fkl": lambda s, t, m, o: forward_kl_loss(s, t, m, o["temperature"]),
+    "rkl": lambda s, t, m, o: reverse_kl_loss(s, t, m, o["temperature"]),
+    "jsd": lambda s, t, m, o: generalized_jsd_loss(s, t, m, o["beta"], o["temperature"]),
+    "skew_fkl": lambda s, t, m, o: skew_forward_kl_loss(s, t, m, o["alpha"], o["temperature"]),
+    "skew_rkl": lambda s, t, m, o: skew_reverse_kl_loss(s, t, m, o["alpha"], o["temperature"]),
+    "tv": lambda s, t, m, o: tv_loss(s, t, m, o["temperature"]),
+}
