@@ -29,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     # `studyhall eval` alone evaluates a student (train/); `studyhall eval gkt` the GKT trade-off (serve/).
     ev = sub.add_parser("eval", help="evaluate a student, or (eval gkt) the GKT guidance trade-off")
     eval_sub = ev.add_subparsers(dest="eval_target", required=False)  # noqa: F841 (serve adds "gkt")
+    cl = sub.add_parser("cluster", help="Ray cluster launcher configs")
+    cluster_sub = cl.add_subparsers(dest="cluster", required=True)
+    check = cluster_sub.add_parser("check", help="validate a `ray up` YAML offline, with Ray's own schema check")
+    check.add_argument("file")
     return parser
 
 
@@ -39,6 +43,12 @@ def main(argv=None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "cluster" and args.cluster == "check":
+            from cluster.cluster_yaml import check_cluster_yaml
+
+            prepared = check_cluster_yaml(args.file)
+            print(f"{args.file}: valid for `ray up` (node types: {', '.join(prepared['available_node_types'])})")
+            return 0
         if args.command == "bench" and args.bench == "switch":
             from cluster.bench_switch import run_bench
 
