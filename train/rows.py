@@ -1,8 +1,8 @@
 """Rows of a local data file (JSONL, JSON or Parquet) read through HF `datasets`, each with where it sits.
 
-JSONL rows are located by 1-based line number, JSON arrays and Parquet files by 0-based row index,
-so every later error can name the exact place to look. datasets' own parse errors say only that
-parsing failed; they come back as ours, with the line or row.
+JSONL rows are located by 1-based line number ("line 3"), JSON arrays and Parquet files by 0-based
+row index ("row index 2"), so every later error can name the exact place to look. datasets' own
+parse errors say only that parsing failed; they come back as ours, with the line or row.
 """
 import json
 from pathlib import Path
@@ -27,7 +27,7 @@ def read_located_rows(path: str | Path, what: str = "data file") -> list[tuple[s
     else:
         _refuse_single_object(path, what)
         return [(f"{path} line {n}", row) for n, row in read_jsonl(path, what)]
-    return [(f"{path} row {i}", row) for i, row in enumerate(rows)]
+    return [(f"{path} row index {i}", row) for i, row in enumerate(rows)]
 
 
 def read_jsonl(path: str | Path, what: str = "data file") -> list[tuple[int, dict]]:
@@ -92,7 +92,7 @@ def _read_json_array(path: Path, what: str) -> list[dict]:
             raise ConfigError(f"{what} {path}: empty, expected a list of JSON objects") from None
         for i, row in enumerate(value):
             if not isinstance(row, dict):
-                raise ConfigError(f"{path} row {i}: expected a JSON object, got {type(row).__name__}") from None
+                raise ConfigError(f"{path} row index {i}: expected a JSON object, got {type(row).__name__}") from None
         raise ConfigError(f"{what} {path}: cannot be read as JSON ({_first_line(err)})") from None
 
 

@@ -68,7 +68,7 @@ def test_embedded_prompt_set_has_no_responses():
     assert all(e.response is None and e.messages[-1]["role"] == "user" and e.messages[-1]["content"] for e in examples)
 
 
-@pytest.mark.parametrize("suffix, where", [(".jsonl", "line 2"), (".json", "row 1"), (".parquet", "row 1")])
+@pytest.mark.parametrize("suffix, where", [(".jsonl", "line 2"), (".json", "row index 1"), (".parquet", "row index 1")])
 def test_missing_field_names_field_row_and_file(tmp_path, suffix, where):
     rows = [DOLLY[0], {"instruction": "No answer here.", "context": "", "response": None}]
     path = write(tmp_path / f"dolly{suffix}", rows)
@@ -117,7 +117,7 @@ def test_unknown_format_lists_accepted_columns(tmp_path):
     ("e.jsonl", "\n \n", "empty"),
     ("e.json", "[]", "empty"),
     ("broken.json", '[{"prompt": "a"},\n {"prompt": ]', "line 2: malformed JSON"),
-    ("scalar.json", '[{"prompt": "a"}, 3]', "row 1: expected a JSON object, got int"),
+    ("scalar.json", '[{"prompt": "a"}, 3]', "row index 1: expected a JSON object, got int"),
     ("data.csv", "prompt\nhi\n", "unsupported file type '.csv'"),
 ])
 def test_unreadable_files(tmp_path, name, content, message):
