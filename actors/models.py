@@ -9,7 +9,7 @@ from actors.tiny import build_tiny, tiny_config
 from cluster.config import ConfigError, ModelConfig
 
 EMBEDDED = {"embedded:teacher": embedded.teacher_dir, "embedded:student": embedded.student_dir}
-TINY = ("tiny:teacher", "tiny:student")
+TINY = ("tiny:teacher", "tiny:student", "tiny:guide-teacher")  # guide-teacher: GKT serving's costlier teacher
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

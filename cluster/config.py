@@ -10,6 +10,7 @@ from studyhall.distill_math import DIVERGENCES, SCHEDULES
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group strategies
 
 
 class ConfigError(ValueError):
@@ -53,12 +54,81 @@ class SwitchConfig:
 
 
 @dataclass
+class ServedModel(ModelConfig):
+    """A model behind one Ray Serve deployment: the ModelConfig fields plus how Serve scales it."""
+    num_replicas: int = 1
+    autoscaling_config: dict = field(default_factory=dict)  # Serve's autoscaling_config; when set it replaces num_replicas
+    max_batch_size: int = 8  # @serve.batch: requests generated together in one padded forward loop
+    batch_wait_timeout_s: float = 0.02  # @serve.batch: how long a batch waits to fill
+
+
+@dataclass
+class ServeConfig:
+    """GKT serving (serve/): the teacher writes the first k tokens of each answer, the student the rest."""
+    guide: ServedModel = field(default_factory=lambda: ServedModel(path="embedded:teacher"))  # TeacherGuide
+    complete: ServedModel = field(default_factory=lambda: ServedModel(path="embedded:student"))  # StudentComplete
+    guidance_tokens: int = 8  # default k per request; 0 = student alone, >= max_tokens = teacher alone
+    default_max_tokens: int = 64
+    max_tokens_limit: int = 512  # a request asking for more gets a 400
+    model_name: str = "studyhall-gkt"  # the one name /v1/models lists and requests must use
+    ingress_replicas: int = 1
+    ingress_num_cpus: float = 0.0  # the ingress only parses, checks and forwards
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key_env: str = "STUDYHALL_API_KEY"  # when this variable is set, requests need "Authorization: Bearer <it>"
+    sampling_seed: int = 0
+
+
+METHODS = ("sft", "kd", "seqkd", "gkd", "skd", "distillm", "switch")
+LOSSES = ("fkl", "rkl", "jsd", "skew_fkl", "skew_rkl", "tv", "ce")
+
+
+@dataclass
+class TrainConfig:
+    """Distillation (train/): which method makes the data, which loss, and the DeepSpeed run."""
+    method: str = "switch"  # sft | kd | seqkd | gkd | skd | distillm | switch
+    loss: str = "auto"  # auto = the method's own (ce for sft/seqkd, jsd for gkd, skew_fkl for distillm, fkl else) | fkl | rkl | jsd | skew_fkl | skew_rkl | tv | ce
+    beta: float = 0.5  # generalized JSD: 0 = forward KL, 1 = reverse KL
+    alpha: float = 0.1  # skew KL mixing weight
+    loss_temperature: float = 1.0
+    steps: int = 40
+    global_batch: int = 8  # sequences per optimizer step, over all workers
+    micro_batch: int = 4  # sequences per worker per forward; accumulation makes up the rest
+    lr: float = 1e-4
+    lr_schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
+    precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU | fp32 | bf16
+    num_workers: int = 1  # Ray Train workers (data-parallel ranks)
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    push_every: int = 1  # steps between pushes of the trained weights to the generation actor
+    checkpoint_every: int = 10
+    gkd_lambda: float = 0.5  # gkd: probability that an example is a fresh student sample
+    distillm_p_init: float = 0.0  # distillm: starting probability of student samples
+    distillm_p_step: float = 0.1  # ... raised by this when the validation loss rises
+    distillm_p_max: float = 0.8
+    replay_size: int = 64  # distillm: student samples kept for replay
+    val_every: int = 5  # distillm: steps between validation losses
+    data: str = ""  # JSONL/JSON/Parquet (Dolly, Alpaca, messages, prompt); empty = embedded prompts, teacher references
+    val_size: int = 32  # held-out prompts
+    eval_samples: int = 2  # student samples per held-out prompt
+
+
+@dataclass
 class Config:
     preset: str = "smol"
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=lambda: ModelConfig(path="embedded:student"))
     switch: SwitchConfig = field(default_factory=SwitchConfig)
     placement_timeout_s: float = 60.0  # how long actors may wait for resources before we give up
+    # How the teacher's and the student's bundles spread over nodes: PACK (default: one laptop works),
+    # SPREAD, STRICT_PACK (one node), STRICT_SPREAD (separate nodes, e.g. a GPU node each).
+    placement_strategy: str = "PACK"
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def preset_names() -> list[str]:
@@ -175,6 +245,8 @@ def validate(cfg: Config) -> None:
         (s.wire_dtype in ("float32", "float16"), f"switch.wire_dtype={s.wire_dtype!r}: choose float32 or float16"),
     ]
     checks.append((cfg.placement_timeout_s > 0, f"placement_timeout_s={cfg.placement_timeout_s}: must be > 0"))
+    checks.append((cfg.placement_strategy in PLACEMENT_STRATEGIES,
+                   f"placement_strategy={cfg.placement_strategy!r}: choose one of {', '.join(PLACEMENT_STRATEGIES)}"))
     for role in ("teacher", "student"):
         m = getattr(cfg, role)
         checks += [
@@ -182,6 +254,78 @@ def validate(cfg: Config) -> None:
             (m.num_cpus >= 0 and m.num_gpus >= 0, f"{role}: num_cpus and num_gpus must be >= 0"),
             (isinstance(m.resources, dict), f"{role}.resources must be a mapping"),
         ]
+    checks += _serve_checks(cfg.serve)
+    checks += _train_checks(cfg.train)
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _train_checks(t: TrainConfig) -> list:
+    per_step = t.micro_batch * t.num_workers
+    return [
+        (t.method in METHODS, f"train.method={t.method!r}: choose one of {', '.join(METHODS)}"),
+        (t.loss == "auto" or t.loss in LOSSES, f"train.loss={t.loss!r}: choose auto or one of {', '.join(LOSSES)}"),
+        (0 <= t.beta <= 1, f"train.beta={t.beta}: must be in [0, 1]"),
+        (0 <= t.alpha <= 1, f"train.alpha={t.alpha}: must be in [0, 1]"),
+        (t.loss_temperature > 0, f"train.loss_temperature={t.loss_temperature}: must be > 0"),
+        (t.steps >= 1, f"train.steps={t.steps}: must be >= 1"),
+        (t.micro_batch >= 1 and t.num_workers >= 1, "train.micro_batch and train.num_workers must be >= 1"),
+        (t.global_batch % per_step == 0,
+         f"train.global_batch={t.global_batch}: must be a multiple of micro_batch x num_workers = {per_step}"),
+        (t.lr > 0 and math.isfinite(t.lr), f"train.lr={t.lr}: must be > 0"),
+        (t.lr_schedule in ("cosine", "linear", "constant"), f"train.lr_schedule={t.lr_schedule!r}: choose cosine, linear or constant"),
+        (0 <= t.warmup_steps < t.steps, f"train.warmup_steps={t.warmup_steps}: must be in [0, steps)"),
+        (t.grad_clip >= 0, f"train.grad_clip={t.grad_clip}: must be >= 0 (0 = off)"),
+        (t.zero_stage in (0, 1, 2, 3), f"train.zero_stage={t.zero_stage}: choose 0, 1, 2 or 3"),
+        (t.precision in ("auto", "fp32", "bf16"), f"train.precision={t.precision!r}: choose auto, fp32 or bf16"),
+        (t.cpus_per_worker >= 0 and t.gpus_per_worker >= 0, "train.cpus_per_worker and gpus_per_worker must be >= 0"),
+        (t.push_every >= 1 and t.checkpoint_every >= 1 and t.val_every >= 1, "train.push_every, checkpoint_every and val_every must be >= 1"),
+        (0 <= t.gkd_lambda <= 1, f"train.gkd_lambda={t.gkd_lambda}: must be in [0, 1]"),
+        (0 <= t.distillm_p_init <= t.distillm_p_max <= 1, "train.distillm_p_init <= distillm_p_max must lie in [0, 1]"),
+        (t.replay_size >= 1 and t.val_size >= 1 and t.eval_samples >= 1, "train.replay_size, val_size and eval_samples must be >= 1"),
+    ]
+
+
+def _serve_checks(v: ServeConfig) -> list:
+    checks = [
+        (v.guidance_tokens >= 0, f"serve.guidance_tokens={v.guidance_tokens}: must be >= 0"),
+        (1 <= v.default_max_tokens <= v.max_tokens_limit,
+         f"serve.default_max_tokens={v.default_max_tokens}: must be in [1, max_tokens_limit={v.max_tokens_limit}]"),
+        (v.ingress_replicas >= 1, f"serve.ingress_replicas={v.ingress_replicas}: must be >= 1"),
+        (v.ingress_num_cpus >= 0, f"serve.ingress_num_cpus={v.ingress_num_cpus}: must be >= 0"),
+        (0 <= v.port <= 65535, f"serve.port={v.port}: must be in [0, 65535]"),
+        (bool(v.model_name.strip()), "serve.model_name: must not be empty"),
+    ]
+    for role in ("guide", "complete"):
+        m = getattr(v, role)
+        checks += [
+            (m.dtype in DTYPES, f"serve.{role}.dtype={m.dtype!r}: choose one of {', '.join(DTYPES)}"),
+            (m.num_cpus >= 0 and m.num_gpus >= 0, f"serve.{role}: num_cpus and num_gpus must be >= 0"),
+            (m.num_replicas >= 1, f"serve.{role}.num_replicas={m.num_replicas}: must be >= 1"),
+            (m.max_batch_size >= 1, f"serve.{role}.max_batch_size={m.max_batch_size}: must be >= 1"),
+            (m.batch_wait_timeout_s >= 0, f"serve.{role}.batch_wait_timeout_s={m.batch_wait_timeout_s}: must be >= 0"),
+            (_autoscaling_error(m.autoscaling_config) is None,
+             f"serve.{role}.autoscaling_config: {_autoscaling_error(m.autoscaling_config)}"),
+        ]
+    return checks
+
+
+def _autoscaling_error(raw: dict) -> str | None:
+    """Serve's own validation of an autoscaling_config, as one line (None when valid or unset)."""
+    if not raw:
+        return None
+    from pydantic import ValidationError
+    from ray.serve.config import AutoscalingConfig
+
+    unknown = sorted(set(raw) - set(AutoscalingConfig.model_fields))
+    if unknown:
+        return f"unknown key {unknown[0]!r}; known: {', '.join(AutoscalingConfig.model_fields)}"
+    try:
+        AutoscalingConfig(**raw)
+    except (ValidationError, TypeError, ValueError) as err:
+        errors = getattr(err, "errors", lambda: [])()
+        if errors:
+            return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in errors)
+        return str(err).strip().splitlines()[0]
+    return None

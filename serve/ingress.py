@@ -1,0 +1,273 @@
+"""The HTTP ingress of GKT serving: OpenAI-compatible routes on FastAPI, in front of the two deployments.
+
+  POST /v1/completions, /v1/chat/completions   teacher guidance (k tokens), then the student streams the rest
+  POST /v1/guidance                            the teacher's guidance alone
+  GET  /v1/models, /healthz
+
+Every client mistake is answered here with a 4xx and an OpenAI-style error body, before any model
+works on it: the error handlers below turn FastAPI's validation errors (malformed JSON, missing or
+mistyped fields) and our own checks (model name, max_tokens, context length) into that body.
+"""
+import hmac
+import json
+import os
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.util import metrics
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from actors.models import context_length, load_tokenizer, model_config
+from cluster.config import ServeConfig
+from serve.protocol import (ApiError, ChatRequest, CompletionRequest, GuidanceRequest, chunk_body, completion_body,
+                            error_body, new_id, usage, usage_chunk)
+from train.prompts import render
+
+LATENCY_BUCKETS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+OPEN_PATHS = ("/healthz",)  # answered without the API key (load balancer probes)
+
+app = FastAPI(title="studyhall GKT", description="Teacher guidance + student completion, OpenAI-compatible.")
+
+
+# ---- errors: every one leaves as {"error": {message, type, param, code}} ----
+
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, err: ApiError):
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, err: RequestValidationError):
+    return JSONResponse(_describe(err.errors()[0]).body(), status_code=400)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, err: StarletteHTTPException):
+    kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+    return JSONResponse(error_body(f"{request.method} {request.url.path}: {err.detail}", kind), status_code=err.status_code)
+
+
+@app.exception_handler(Exception)
+async def _server_error(request: Request, err: Exception):  # a bug or a dead replica, never the client's doing
+    return JSONResponse(error_body(f"internal error: {type(err).__name__}: {err}", "server_error"), status_code=500)
+
+
+def _describe(e: dict) -> ApiError:
+    """One pydantic/FastAPI validation error as one line naming the field."""
+    if e["type"] == "json_invalid":
+        return ApiError(400, f"malformed JSON body: {e.get('ctx', {}).get('error', e['msg'])}", None, "invalid_json")
+    path = [str(p) for p in e["loc"][1:] if not _is_type_tag(p)]  # drop "body" and union-member tags
+    param = ".".join(path) or None
+    if e["type"] == "extra_forbidden":
+        return ApiError(400, f"unsupported field {param!r}: this server does not implement it", param, "unsupported_field")
+    if e["type"] == "missing":
+        return ApiError(400, f"missing required field {param!r}" if param else "missing JSON body", param, "missing_field")
+    if not path:
+        return ApiError(400, f"request body: {e['msg']}", None, "invalid_body")
+    return ApiError(400, f"{param}: {e['msg']} (got {_short(e.get('input'))})", param, "invalid_value")
+
+
+def _is_type_tag(part) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "function-after"))
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---- API key and metrics, around every request ----
+
+@app.middleware("http")
+async def _guard(request: Request, call_next):
+    state = request.app.state
+    started = time.perf_counter()
+    key = getattr(state, "api_key", None)
+    if key and request.url.path not in OPEN_PATHS:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            response = JSONResponse(error_body("missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                               "invalid_request_error", None, "invalid_api_key"), status_code=401)
+        else:
+            response = await call_next(request)
+    else:
+        response = await call_next(request)
+    if hasattr(state, "requests"):
+        tags = {"route": request.url.path if request.url.path in _ROUTES else "other"}
+        state.requests.inc(tags={**tags, "status": str(response.status_code)})
+        state.latency.observe(1000 * (time.perf_counter() - started), tags=tags)  # streams: until the first byte
+    return response
+
+
+_ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/guidance", "/v1/models", "/healthz")
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+# Everything the class uses must be defined above it: serve.ingress pickles the class (and the globals it
+# refers to) when it is decorated.
+
+
+@serve.deployment
+@serve.ingress(app)
+class GKTServer:
+    def __init__(self, teacher: DeploymentHandle, student: DeploymentHandle, cfg: ServeConfig):
+        self.teacher, self.student, self.cfg = teacher, student, cfg
+        self.models = {}  # role -> (tokenizer, context length), for checks before any model works
+        for role, spec in (("teacher", cfg.guide), ("student", cfg.complete)):
+            self.models[role] = (load_tokenizer(spec.path, spec.trust_remote_code), context_length(model_config(spec)))
+        app.state.api_key = os.environ.get(cfg.api_key_env) or None
+        app.state.requests = metrics.Counter("studyhall_gkt_requests", description="HTTP requests by route and status",
+                                             tag_keys=("route", "status"))
+        app.state.latency = metrics.Histogram("studyhall_gkt_request_latency_ms", description="time to the response (streams: to the first byte)",
+                                              boundaries=LATENCY_BUCKETS_MS, tag_keys=("route",))
+        self.answer_latency = metrics.Histogram("studyhall_gkt_answer_latency_ms", description="time to the whole answer, by mode",
+                                                boundaries=LATENCY_BUCKETS_MS, tag_keys=("mode",))
+        self.guidance_tokens = metrics.Counter("studyhall_gkt_guidance_tokens", description="tokens the teacher wrote as guidance")
+
+    # ---- routes ----
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(self) -> dict:
+        return {"object": "list", "data": [{
+            "id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "studyhall",
+            "teacher": self.cfg.guide.path, "student": self.cfg.complete.path,
+            "default_guidance_tokens": self.cfg.guidance_tokens, "max_tokens_limit": self.cfg.max_tokens_limit}]}
+
+    @app.post("/v1/completions")
+    async def completions(self, body: CompletionRequest):
+        return await self._respond(body, {"prompt": body.prompt_text()}, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatRequest):
+        return await self._respond(body, {"messages": [{"role": m.role, "content": m.text()} for m in body.messages]}, chat=True)
+
+    @app.post("/v1/guidance")
+    async def guidance(self, body: GuidanceRequest):
+        if (body.prompt is None) == (body.messages is None):
+            raise ApiError(400, "give exactly one of 'prompt' or 'messages'", "prompt", "invalid_value")
+        source = {"prompt": body.prompt} if body.prompt is not None else {
+            "messages": [{"role": m.role, "content": m.text()} for m in body.messages]}
+        self._check_model(body.model)
+        k = self.cfg.guidance_tokens if body.guidance_tokens is None else body.guidance_tokens
+        if not 1 <= k <= self.cfg.max_tokens_limit:
+            raise ApiError(400, f"guidance_tokens: must be in [1, {self.cfg.max_tokens_limit}], got {k}", "guidance_tokens", "invalid_value")
+        prompt_tokens = self._check_prompt(source, "teacher", k)
+        out = await self.teacher.guide.remote({**source, "max_new": k, "temperature": body.temperature,
+                                               "top_p": body.top_p, "stop": body.stop_list()})
+        self.guidance_tokens.inc(out["tokens"])
+        return {"id": new_id("guide"), "object": "guidance", "created": int(time.time()), "model": self.cfg.model_name,
+                "guidance": out["text"], "guidance_tokens": out["tokens"], "finish_reason": out["finish_reason"],
+                "teacher_batch_size": out["batch_size"], "usage": usage(prompt_tokens, out["tokens"])}
+
+    # ---- checks ----
+
+    def _check_model(self, name: str) -> None:
+        if name != self.cfg.model_name:
+            raise ApiError(404, f"model {name!r} does not exist; this server serves {self.cfg.model_name!r} (GET /v1/models)",
+                           "model", "model_not_found")
+
+    def _check_prompt(self, source: dict, role: str, new_tokens: int) -> int:
+        """The prompt's length in this role's tokens; 400 when it and new_tokens do not fit the context."""
+        tokenizer, context = self.models[role]
+        text = render(tokenizer, source["messages"]) if "messages" in source else source["prompt"]
+        if not text.strip():
+            raise ApiError(400, "the prompt is empty", "messages" if "messages" in source else "prompt", "invalid_value")
+        n = len(tokenizer(text, add_special_tokens="messages" not in source)["input_ids"])
+        if n + new_tokens > context:
+            raise ApiError(400, f"this model's maximum context length is {context} tokens; the prompt is {n} tokens "
+                                f"({role}'s tokenizer) and {new_tokens} more were asked for",
+                           "messages" if "messages" in source else "prompt", "context_length_exceeded")
+        return n
+
+    def _plan(self, body, source: dict, chat: bool) -> tuple[dict, int, int, int]:
+        """(job, max_tokens, k, prompt tokens) for a generation request, or an ApiError."""
+        self._check_model(body.model)
+        if body.n != 1:
+            raise ApiError(400, f"n: only n=1 is supported, got {body.n}", "n", "invalid_value")
+        name = "max_completion_tokens" if chat and body.max_completion_tokens is not None else "max_tokens"
+        max_tokens = getattr(body, name)
+        max_tokens = self.cfg.default_max_tokens if max_tokens is None else max_tokens
+        if not 1 <= max_tokens <= self.cfg.max_tokens_limit:
+            raise ApiError(400, f"{name}: must be in [1, {self.cfg.max_tokens_limit}], got {max_tokens}", name, "invalid_value")
+        k = self.cfg.guidance_tokens if body.guidance_tokens is None else body.guidance_tokens
+        k = min(k, max_tokens)
+        prompt_tokens = 0
+        if k > 0:
+            prompt_tokens = self._check_prompt(source, "teacher", k)
+        if k < max_tokens:
+            prompt_tokens = self._check_prompt(source, "student", max_tokens)
+        job = {**source, "temperature": body.temperature, "top_p": body.top_p, "stop": body.stop_list()}
+        return job, max_tokens, k, prompt_tokens
+
+    # ---- generation ----
+
+    async def _respond(self, body, source: dict, chat: bool):
+        job, max_tokens, k, prompt_tokens = self._plan(body, source, chat)
+        rid = new_id("chatcmpl" if chat else "cmpl")
+        name = self.cfg.model_name
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(self._sse(rid, chat, job, max_tokens, k, prompt_tokens, include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        text, info = "", {}
+        async for piece in self._answer(job, max_tokens, k):
+            if isinstance(piece, str):
+                text += piece
+            else:
+                info = piece
+        finish, completion_tokens = info.pop("finish_reason"), info.pop("completion_tokens")
+        return completion_body(rid, name, chat, text, finish, usage(prompt_tokens, completion_tokens), info)
+
+    async def _sse(self, rid, chat, job, max_tokens, k, prompt_tokens, include_usage):
+        name, first = self.cfg.model_name, True
+        try:
+            async for piece in self._answer(job, max_tokens, k):
+                if isinstance(piece, str):
+                    yield _event(chunk_body(rid, name, chat, piece, first=first))
+                    first = False
+                else:
+                    finish, completion_tokens = piece.pop("finish_reason"), piece.pop("completion_tokens")
+                    yield _event(chunk_body(rid, name, chat, None, finish, first=first, gkt=piece))
+                    if include_usage:
+                        yield _event(usage_chunk(rid, name, chat, usage(prompt_tokens, completion_tokens)))
+        except Exception as err:  # headers are gone already: report in-band, the way OpenAI streams do
+            yield _event(error_body(f"internal error: {type(err).__name__}: {err}", "server_error"))
+        yield "data: [DONE]\n\n"
+
+    async def _answer(self, job: dict, max_tokens: int, k: int):
+        """Text deltas (str), then one dict: finish_reason, the guidance and who wrote how many tokens."""
+        started = time.perf_counter()
+        info = {"guidance": "", "guidance_tokens": 0, "student_tokens": 0, "teacher_batch_size": 0, "student_batch_size": 0}
+        finish = None
+        if k > 0:
+            guide = await self.teacher.guide.remote({**job, "max_new": k})
+            self.guidance_tokens.inc(guide["tokens"])
+            info.update(guidance=guide["text"], guidance_tokens=guide["tokens"], teacher_batch_size=guide["batch_size"])
+            finish = guide["finish_reason"] if (guide["finish_reason"] == "stop" or guide["tokens"] >= max_tokens) else None
+            if guide["text"]:
+                yield guide["text"]
+        if finish is None:
+            stream = self.student.options(stream=True).complete.remote(
+                {**job, "guidance": info["guidance"], "max_new": max_tokens - info["guidance_tokens"]})
+            async for chunk in stream:
+                if chunk["text"]:
+                    yield chunk["text"]
+                if "finish_reason" in chunk:
+                    finish = chunk["finish_reason"]
+                    info.update(student_tokens=chunk["tokens"], student_batch_size=chunk["batch_size"])
+        mode = "student" if k == 0 else "teacher" if k >= max_tokens else "gkt"
+        self.answer_latency.observe(1000 * (time.perf_counter() - started), tags={"mode": mode})
+        yield {**info, "finish_reason": finish or "length",
+               "completion_tokens": info["guidance_tokens"] + info["student_tokens"]}
+
