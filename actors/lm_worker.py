@@ -154,6 +154,33 @@ class LMWorker:
             batch.keep(begin + g, token)
         return rounds * g * batch.rows / (time.perf_counter() - started)
 
+    @torch.no_grad()
+    def score_sequences(self, sequences: list[tuple[list[int], list[int]]], chunk: int = 4) -> list[dict]:
+        """This model's log-probs over fixed (prompt, response) pairs, e.g. ground-truth answers:
+        per response position, the log-prob of the actual token and the top-k. One plain forward
+        per chunk of sequences; the same record fields SWITCH generation writes."""
+        out = []
+        for start in range(0, len(sequences), chunk):
+            part = sequences[start:start + chunk]
+            width = max(len(p) + len(r) for p, r in part)
+            ids = torch.zeros(len(part), width, dtype=torch.long)
+            mask = torch.zeros(len(part), width, dtype=torch.long)
+            for row, (prompt, response) in enumerate(part):
+                ids[row, :len(prompt) + len(response)] = torch.tensor(prompt + response)
+                mask[row, :len(prompt) + len(response)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            for row, (prompt, response) in enumerate(part):
+                at = slice(len(prompt) - 1, len(prompt) + len(response) - 1)  # logits that predict the response
+                logp = self._logprobs(logits[row, at])
+                target = torch.tensor(response, device=self.device)
+                record = {"teacher_logprob": logp.gather(-1, target[:, None])[:, 0].tolist()}
+                if self.switch.teacher_topk:
+                    top = logp.topk(self.switch.teacher_topk, dim=-1)
+                    record["teacher_topk_ids"] = top.indices.tolist()
+                    record["teacher_topk_logprobs"] = top.values.to(torch.float16).float().tolist()
+                out.append(record)
+        return out
+
     def drop(self, group: int) -> None:
         """Forget a group that has no sequences left."""
         self.batches.pop(group, None)
@@ -167,7 +194,8 @@ class LMWorker:
     def info(self) -> dict:
         p = next(self.model.parameters())
         return {"role": self.role, "device": str(self.device), "dtype": str(p.dtype),
-                "vocab_size": int(self.model.config.vocab_size), "node": ray.get_runtime_context().get_node_id()}
+                "vocab_size": int(self.model.config.vocab_size), "node": ray.get_runtime_context().get_node_id(),
+                "assigned_resources": ray.get_runtime_context().get_assigned_resources()}
 
 
 @ray.remote

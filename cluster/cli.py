@@ -25,10 +25,39 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", required=True)
     sw.add_argument("--prompts", type=int, default=None, help="how many embedded prompts (default from preset)")
     sw.add_argument("overrides", nargs="*")
+    gb = bench_sub.add_parser("gkt", help="GKT serving over HTTP: GKT at k, teacher alone, student alone, at 1/8/32 in flight")
+    gb.add_argument("--preset", default="tiny")
+    gb.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
+    gb.add_argument("--requests", type=int, default=None, help="requests per mode and concurrency (default from preset)")
+    gb.add_argument("overrides", nargs="*", help="key=value, e.g. serve.guidance_tokens=8 serve.default_max_tokens=32")
+
+    srv = sub.add_parser("serve", help="GKT serving on Ray Serve with an OpenAI-compatible API (blocks; Ctrl-C stops)")
+    srv.add_argument("--preset", default="smol", help="tiny | smol")
+    srv.add_argument("overrides", nargs="*", help="key=value, e.g. serve.port=8000 serve.guidance_tokens=16 serve.guide.num_gpus=1")
+
+    dist = sub.add_parser("distill", help="distill the student (default: SWITCH on the embedded SmolLM2 pair) and write a report")
+    dist.add_argument("--preset", default="smol", help="tiny | smol")
+    dist.add_argument("--method", default=None, help="sft | kd | seqkd | gkd | skd | distillm | switch (default from preset: switch)")
+    dist.add_argument("--steps", type=int, default=None, help="optimizer steps (default from preset)")
+    dist.add_argument("--data", default=None, help="JSONL/JSON/Parquet: Dolly, Alpaca, chat messages or prompt rows (default: embedded prompts)")
+    dist.add_argument("--out", default="out/distill", help="report, plots, checkpoints and the trained student go here")
+    dist.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    dist.add_argument("--no-progress", action="store_true")
+    dist.add_argument("overrides", nargs="*", help="key=value, e.g. lr=3e-4 zero_stage=2 num_workers=2 loss=jsd beta=0.5")
 
     # `studyhall eval` alone evaluates a student (train/); `studyhall eval gkt` the GKT trade-off (serve/).
     ev = sub.add_parser("eval", help="evaluate a student, or (eval gkt) the GKT guidance trade-off")
-    eval_sub = ev.add_subparsers(dest="eval_target", required=False)  # noqa: F841 (serve adds "gkt")
+    ev.add_argument("--preset", default="smol")
+    ev.add_argument("--student", default=None, help="a student folder (e.g. OUT/student from distill); default: the preset's student")
+    ev.add_argument("--data", default=None, help="the data file the student was distilled on (its held-out split is used)")
+    ev.add_argument("--out", default=None, help="also write the result as JSON here")
+    ev.add_argument("overrides", nargs="*")
+    eval_sub = ev.add_subparsers(dest="eval_target", required=False)
+    eg = eval_sub.add_parser("gkt", help="ROUGE-L against teacher-only answers and latency, over guidance lengths k")
+    eg.add_argument("--preset", default="smol")
+    eg.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
+    eg.add_argument("--prompts", type=int, default=None, help="held-out prompts: the last N embedded ones (default 32)")
+    eg.add_argument("overrides", nargs="*")
     cl = sub.add_parser("cluster", help="Ray cluster launcher configs")
     cluster_sub = cl.add_subparsers(dest="cluster", required=True)
     check = cluster_sub.add_parser("check", help="validate a `ray up` YAML offline, with Ray's own schema check")
@@ -43,11 +72,33 @@ def main(argv=None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "distill":
+            return _distill(args)
+        if args.command == "eval" and not args.eval_target:
+            return _evaluate(args)
         if args.command == "cluster" and args.cluster == "check":
             from cluster.cluster_yaml import check_cluster_yaml
 
             prepared = check_cluster_yaml(args.file)
             print(f"{args.file}: valid for `ray up` (node types: {', '.join(prepared['available_node_types'])})")
+            return 0
+        if args.command == "serve":
+            from cluster.config import load_config
+            from serve.app import run_local
+
+            run_local(load_config(args.preset, args.overrides))
+            return 0
+        if args.command == "bench" and args.bench == "gkt":
+            from cluster.bench_gkt import run_bench as run_gkt_bench
+
+            result = run_gkt_bench(args.preset, args.out, args.requests, args.overrides)
+            print(result["table"])
+            return 0
+        if args.command == "eval" and args.eval_target == "gkt":
+            from cluster.eval_gkt import run_eval
+
+            result = run_eval(args.preset, args.out, args.prompts, args.overrides)
+            print(result["table"])
             return 0
         if args.command == "bench" and args.bench == "switch":
             from cluster.bench_switch import run_bench
@@ -59,6 +110,42 @@ def main(argv=None) -> int:
         print(f"studyhall: error: {err}", file=sys.stderr)
         return 2
     return 2
+
+
+def _train_overrides(args) -> list[str]:
+    extra = [f"train.{k}={v}" for k, v in (("method", getattr(args, "method", None)), ("steps", getattr(args, "steps", None)),
+                                            ("data", args.data)) if v is not None]
+    return [*args.overrides, *extra]
+
+
+def _distill(args) -> int:
+    from cluster.config import load_config
+    from train.distill import TrainingFailed, run_distill
+
+    cfg = load_config(args.preset, _train_overrides(args))
+    try:
+        report = run_distill(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    except TrainingFailed as err:
+        print(f"studyhall: {err}", file=sys.stderr)
+        return 1
+    b, a = report["before"], report["after"]
+    print(f"{report['method']}: {report['steps']} steps, {report['tokens_per_s']:.0f} train tokens/s; "
+          f"ROUGE-L {b['rouge_l']:.2f} -> {a['rouge_l']:.2f}, teacher NLL {b['teacher_nll']:.3f} -> {a['teacher_nll']:.3f}")
+    print(f"report: {report['files']['md']}  student: {report['student_dir']}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from cluster.config import load_config
+    from train.evaluate import run_evaluate
+
+    overrides = _train_overrides(args) + ([f"student.path={args.student}"] if args.student else [])
+    result = run_evaluate(load_config(args.preset, overrides))
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
 
 
 def _generate(args) -> int:

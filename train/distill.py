@@ -1,0 +1,194 @@
+"""`studyhall distill`: evaluate the student, train it with a method under Ray Train + DeepSpeed,
+evaluate again, save it as an HF folder and write the report.
+"""
+import dataclasses
+import glob
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from actors.pair import check_pair
+from cluster.config import Config, ConfigError
+from train.data import examples_digest, load_examples, prompt_token_ids, references_cache_path, split_validation
+from train.methods import NEEDS_SHARED_VOCAB, loss_for
+from train.train_loop import PROGRESS_FILE, train_loop_per_worker
+
+
+class TrainingFailed(RuntimeError):
+    """The run stopped (e.g. a non-finite loss); the message says why and where the last checkpoint is."""
+
+
+@dataclasses.dataclass
+class Plan:
+    tokenizer: object
+    train: list
+    val: list
+    references_path: str
+    loss: str
+    source: str
+
+
+def prepare(cfg: Config) -> Plan:
+    """Everything that can fail on user input, before any actor or worker starts."""
+    t = cfg.train
+    loss = loss_for(t.method, t.loss)
+    if t.method == "sft" and loss != "ce":
+        raise ConfigError(f"train.loss={loss}: sft trains on the answers alone with cross-entropy; use method=kd for a distillation loss")
+    if loss != "ce" and cfg.switch.teacher_topk < 1:
+        raise ConfigError(f"train.loss={loss} needs the teacher's top-k log-probs: set switch.teacher_topk >= 1")
+    try:
+        tokenizer, context = check_pair(cfg)
+    except ConfigError as err:
+        if "vocabular" not in str(err):
+            raise
+        why = ("compares the two models' next-token distributions token by token" if t.method in NEEDS_SHARED_VOCAB
+               else "is trained here, and evaluated, with the SWITCH engine's teacher scoring of student tokens")
+        raise ConfigError(f"method {t.method} {why}, so teacher and student must share a tokenizer: {err}") from None
+    examples = load_examples(t.data or None)
+    train, val = split_validation(examples, 0.1, min(t.val_size, len(examples) - 1), cfg.switch.seed)
+    budget = cfg.switch.max_new_tokens
+    for e in examples:
+        n = len(prompt_token_ids(tokenizer, e))
+        if n + budget > context:
+            raise ConfigError(f"{t.data or 'embedded prompts'}: example {e.id!r} has a {n}-token prompt; "
+                              f"with max_new_tokens={budget} it exceeds the model context of {context}")
+    has_refs = all(e.response is not None for e in examples)
+    source = t.data or "embedded prompts (train/data/prompts.jsonl)"
+    refs = references_cache_path(cfg.teacher.path, examples_digest(examples), budget)
+    return Plan(tokenizer, train, val, str(refs), loss,
+                source if has_refs else f"{source}; references teacher-written ({cfg.teacher.path}), cached at {refs}")
+
+
+def latest_checkpoint(storage: Path):
+    """The checkpoint with the highest step under a run's storage folder, or None."""
+    found = []
+    for progress in glob.glob(str(storage / "**" / PROGRESS_FILE), recursive=True):
+        found.append((json.loads(Path(progress).read_text())["step"], Path(progress).parent))
+    return max(found)[1] if found else None
+
+
+def evaluate(rollout, val, samples: int, seed: int) -> dict:
+    from train.scoring import summarize
+
+    return summarize(ray.get(rollout.sample_student.remote(val, samples, seed)))
+
+
+def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool = True) -> dict:
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from train.report import write_report
+    from train.rollout import Rollout
+
+    plan = prepare(cfg)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    storage = out / "ray_train"
+    resume_from = latest_checkpoint(storage) if resume else None
+    if resume and resume_from is None:
+        raise ConfigError(f"--resume: no checkpoint under {storage}; run without --resume first")
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    t, started = cfg.train, time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+
+    say(f"starting teacher {cfg.teacher.path} and student {cfg.student.path} ...")
+    rollout = Rollout.remote(cfg, plan.train, plan.val, plan.references_path)
+    say(f"evaluating the student before training ({len(plan.val)} held-out prompts x {t.eval_samples} samples) ...")
+    before = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
+    say(f"  before: ROUGE-L {before['rouge_l']:.2f}, teacher NLL {before['teacher_nll']:.3f}")
+
+    from ray.train import Checkpoint
+
+    use_gpu = t.gpus_per_worker > 0
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "rollout": rollout, "loss": plan.loss, "pad_id": _pad_id(plan.tokenizer),
+                           "student_dir": str(out / "student"), "eos_ids": _eos(plan.tokenizer, cfg)},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name="distill", storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        resume_from_checkpoint=Checkpoint.from_directory(str(resume_from)) if resume_from else None,
+    )
+    error = _fit_with_progress(trainer, rollout, t.steps, progress)
+    if error is not None:
+        kept = latest_checkpoint(storage)
+        raise TrainingFailed(f"training stopped: {error}; last good checkpoint: {kept or 'none yet'}")
+
+    say("evaluating the student after training ...")
+    after = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
+    say(f"  after:  ROUGE-L {after['rouge_l']:.2f}, teacher NLL {after['teacher_nll']:.3f}")
+    summary = ray.get(rollout.summary.remote())
+    metrics = ray.get(rollout.progress.remote())
+    saving = ray.get(rollout.measure_second_pass.remote(ray.get(rollout.last_batch.remote())))
+    counts = summary["counts"]
+    report = {
+        "method": t.method, "loss": plan.loss, "preset": cfg.preset, "steps": t.steps,
+        "tokens_per_s": round(metrics[-1]["tokens_per_s"], 2) if metrics else 0.0,
+        "seconds": round(time.perf_counter() - started, 1),
+        "data": {"source": plan.source, "train_examples": len(plan.train), "val_examples": len(plan.val),
+                 "references": "teacher-written, cached" if "teacher-written" in plan.source else "from the data file"},
+        "before": before, "after": after,
+        "loss_curve": [{"step": m["step"], "loss": round(m["loss"], 5), "lr": m["lr"]} for m in metrics],
+        "intervention_by_position": summary["intervention_by_position"],
+        "staleness_steps": summary["staleness_steps"],
+        "teacher_pass_saving": {"reused_positions": counts["reused_positions"], "extra_pass_positions": counts["extra_pass_positions"],
+                                "extra_pass_seconds": counts["extra_pass_seconds"], **saving},
+        "generation": {"seconds": counts["generation_seconds"], "tokens": counts["generated_tokens"]},
+        "method_state": summary["method_state"],
+        "student_dir": str(out / "student"),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "config": dataclasses.asdict(cfg),
+    }
+    report["files"] = write_report(out, report)
+    ray.kill(rollout)
+    return report
+
+
+def _fit_with_progress(trainer, rollout, steps: int, progress: bool):
+    """Run trainer.fit() in a thread and show a bar fed by the rollout actor's metrics."""
+    outcome = {}
+
+    def fit():
+        try:
+            outcome["result"] = trainer.fit()
+        except Exception as err:  # Ray Train wraps worker errors; the first line says what happened
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    with tqdm(total=steps, desc="train", unit="step", disable=not progress) as bar:
+        while thread.is_alive():
+            thread.join(timeout=2.0)
+            metrics = ray.get(rollout.progress.remote())
+            if metrics and metrics[-1]["step"] != bar.n:
+                bar.n = metrics[-1]["step"]
+                bar.set_postfix(loss=f"{metrics[-1]['loss']:.4f}", tok_s=f"{metrics[-1]['tokens_per_s']:.0f}")
+                bar.refresh()
+    if "error" in outcome:
+        return _first_cause(outcome["error"])
+    return None
+
+
+def _first_cause(err: Exception) -> str:
+    """The worker's own exception line out of Ray Train's wrapped traceback."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Loss): ", line)]
+    return raised[-1] if raised else (lines[0] if lines else type(err).__name__)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _eos(tokenizer, cfg) -> list[int]:
+    from cluster.generate import eos_ids
+
+    return sorted(eos_ids(tokenizer, cfg.teacher.path) | eos_ids(tokenizer, cfg.student.path))
+

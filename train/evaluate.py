@@ -1,0 +1,23 @@
+"""`studyhall eval`: a student's ROUGE-L against the references and the teacher's NLL of its samples,
+on the held-out split distill uses (same data, seed and size), overall and by reference length."""
+import dataclasses
+
+import ray
+
+from cluster.config import Config
+from train.distill import evaluate, prepare
+
+
+def run_evaluate(cfg: Config) -> dict:
+    from train.rollout import Rollout
+
+    plan = prepare(cfg)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    rollout = Rollout.remote(cfg, [], plan.val, plan.references_path)
+    try:
+        result = evaluate(rollout, plan.val, cfg.train.eval_samples, cfg.switch.seed)
+    finally:
+        ray.kill(rollout)
+    return {"student": cfg.student.path, "teacher": cfg.teacher.path, "data": plan.source, **result,
+            "config": dataclasses.asdict(cfg)}

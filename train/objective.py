@@ -1,0 +1,63 @@
+"""From records to a loss: pad a micro-batch into tensors, run the student, apply the chosen loss.
+
+Teacher targets are the recorded top-k log-probs per response position plus one rest bucket
+(studyhall.distill_math.with_rest_bucket); the student's full distribution is folded into the same
+k+1 buckets, so no teacher forward runs here.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from studyhall.distill_math import DISTILL_LOSSES, cross_entropy_loss, gather_buckets, tempered, with_rest_bucket
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor  # [B, L] prompt + response, right-padded
+    attention_mask: torch.Tensor  # [B, L]
+    targets: torch.Tensor  # [B, L-1] the next token at each position
+    loss_mask: torch.Tensor  # [B, L-1] True where the next token is a response token
+    teacher_ids: torch.Tensor | None  # [B, L-1, k]
+    teacher_logp: torch.Tensor | None  # [B, L-1, k]
+
+    @property
+    def tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    @property
+    def response_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+def collate(records: list[dict], pad_id: int, with_teacher: bool) -> MicroBatch:
+    width = max(len(r["prompt_token_ids"]) + len(r["token_ids"]) for r in records)
+    b = len(records)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attention = torch.zeros(b, width, dtype=torch.long)
+    loss_mask = torch.zeros(b, width - 1, dtype=torch.bool)
+    k = len(records[0]["teacher_topk_ids"][0]) if with_teacher else 0
+    t_ids = torch.zeros(b, width - 1, k, dtype=torch.long) if with_teacher else None
+    t_logp = torch.zeros(b, width - 1, k) if with_teacher else None
+    for row, r in enumerate(records):
+        p, n = len(r["prompt_token_ids"]), len(r["token_ids"])
+        ids[row, :p + n] = torch.tensor(r["prompt_token_ids"] + r["token_ids"])
+        attention[row, :p + n] = 1
+        loss_mask[row, p - 1:p + n - 1] = True  # position i predicts token i + 1
+        if with_teacher:
+            t_ids[row, p - 1:p + n - 1] = torch.tensor(r["teacher_topk_ids"], dtype=torch.long)
+            t_logp[row, p - 1:p + n - 1] = torch.tensor(r["teacher_topk_logprobs"], dtype=torch.float32)
+    return MicroBatch(ids, attention, ids[:, 1:], loss_mask, t_ids, t_logp)
+
+
+def distill_loss(logits: torch.Tensor, batch: MicroBatch, loss: str, beta: float, alpha: float, temperature: float) -> torch.Tensor:
+    """The loss over response positions; `logits` [B, L, V] from the student on batch.input_ids."""
+    logits = logits[:, :-1]
+    if loss == "ce":
+        return cross_entropy_loss(logits, batch.targets, batch.loss_mask)
+    student = gather_buckets(tempered(logits, temperature), batch.teacher_ids)
+    teacher = tempered(with_rest_bucket(batch.teacher_logp), temperature)
+    return DISTILL_LOSSES[loss](student, teacher, batch.loss_mask, {"temperature": 1.0, "beta": beta, "alpha": alpha})
+
+
+def micro_batches(records: list[dict], size: int) -> list[list[dict]]:
+    return [records[i:i + size] for i in range(0, len(records), size)]

@@ -1,0 +1,198 @@
+"""The rollout side of distillation: one Ray actor that keeps the teacher and the student generation
+actor alive for the whole run, makes each step's training records, and takes the trainer's weights.
+
+Every record is one (prompt, response) pair with what the loss needs at each response position:
+the teacher's log-prob of the actual token and its top-k, taken from generation where the teacher
+already scored the position (SWITCH, SKD, student samples) and from one plain teacher pass only
+where it did not (ground-truth answers).
+"""
+import dataclasses
+import time
+
+import ray
+
+from actors.models import load_tokenizer
+from actors.pair import start_pair
+from actors.switch_controller import SwitchController, position_bucket
+from cluster.config import Config, SwitchConfig
+from cluster.generate import eos_ids
+from train.data import Example, load_references, prompt_token_ids, render_prompt, save_references
+from train.methods import make_method
+from train.prompts import PromptItem
+
+# The teacher writes nothing when tau exceeds any JS value (at most ln 2 < 1), yet still scores
+# every block: student samples come with the teacher's log-probs for free.
+STUDENT_ONLY_TAU = 1.0e3
+
+
+def engine_settings(switch: SwitchConfig, mode: str, seed: int) -> SwitchConfig:
+    """The SWITCH engine's settings for each kind of sample a method asks for."""
+    modes = {
+        "switch": {},
+        "skd": {"divergence": "skd"},
+        "student": {"divergence": "js", "schedule": "constant", "tau0": STUDENT_ONLY_TAU},
+        "teacher": {"divergence": "js", "schedule": "constant", "tau0": 0.0},  # any JS > 0: the teacher's token
+    }
+    return dataclasses.replace(switch, seed=seed, **modes[mode])
+
+
+@ray.remote(num_cpus=0, concurrency_groups={"progress": 1})
+class Rollout:
+    def __init__(self, cfg: Config, train: list[Example], val: list[Example], references_path: str | None):
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(cfg.student.path, cfg.student.trust_remote_code)
+        self.teacher, self.student = start_pair(cfg)
+        self.eos = eos_ids(self.tokenizer, cfg.teacher.path) | eos_ids(self.tokenizer, cfg.student.path)
+        self.train, self.val = train, val
+        self.references_path = references_path
+        self.references = dict(load_references(references_path) or {}) if references_path else {}
+        self.references.update({e.id: e.response for e in train + val if e.response is not None})
+        self.method = make_method(cfg, self)
+        self.batch_cache: tuple[int, list] | None = None
+        self.weights_step = 0  # optimizer steps behind the generation actor's weights
+        self.staleness: list[int] = []
+        self.metrics: list[dict] = []
+        self.counts = {"reused_positions": 0, "extra_pass_positions": 0, "extra_pass_seconds": 0.0,
+                       "generation_seconds": 0.0, "generated_tokens": 0}
+        self.position_tokens: dict[str, int] = {}
+        self.position_teacher: dict[str, int] = {}
+
+    # ---- the trainer's side ----
+    def batch(self, step: int, rank: int, world: int) -> list[dict]:
+        """This rank's share of step `step`'s records; the first rank to ask builds the whole batch."""
+        if not self.batch_cache or self.batch_cache[0] != step:
+            self.staleness.append(step - 1 - self.weights_step)
+            self.batch_cache = (step, self.method.make(step, self.cfg.train.global_batch))
+        return self.batch_cache[1][rank::world]
+
+    def log_metrics(self, metrics: dict) -> None:
+        self.metrics.append(metrics)
+
+    @ray.method(concurrency_group="progress")
+    def progress(self) -> list[dict]:
+        """The trainer's metrics so far; answered while a batch is being generated."""
+        return list(self.metrics)
+
+    def push_weights(self, state_dict: dict, step: int) -> int:
+        ray.get(self.student.load_weights.remote(state_dict))
+        self.weights_step = step
+        return step
+
+    def observe_val_loss(self, step: int, loss: float) -> None:
+        self.method.observe_val_loss(step, loss)
+
+    def val_records(self) -> list[dict]:
+        """Held-out references with teacher log-probs: DistiLLM's validation loss is measured on them."""
+        if not hasattr(self, "_val_records"):
+            self._val_records = self.score_data(self.val, count=False)
+        return self._val_records
+
+    # ---- what methods use ----
+    def items(self, examples: list[Example]) -> list[PromptItem]:
+        return [PromptItem(i, e.id, render_prompt(self.tokenizer, e), prompt_token_ids(self.tokenizer, e))
+                for i, e in enumerate(examples)]
+
+    def run_engine(self, mode: str, examples: list[Example], seed: int, settings: SwitchConfig | None = None) -> list[dict]:
+        """Generate one response per example with the SWITCH engine in `mode`; records in input order."""
+        settings = settings or engine_settings(self.cfg.switch, mode, seed)
+        ray.get([a.configure.remote(settings) for a in (self.teacher, self.student)])
+        controller = SwitchController(self.teacher, self.student, settings, self.eos)
+        done: dict[int, dict] = {}
+        stats = controller.run(self.items(examples), on_finish=lambda seq: done.__setitem__(seq.index, seq.to_record("")))
+        self.counts["generation_seconds"] += stats.seconds
+        self.counts["generated_tokens"] += stats.tokens
+        records = [done[i] for i in range(len(examples))]
+        for r in records:
+            r["source"] = mode
+            self.counts["reused_positions"] += len(r["token_ids"])
+            if mode in ("switch", "skd"):
+                for t, teacher in enumerate(r["from_teacher"]):
+                    bucket = position_bucket(t)
+                    self.position_tokens[bucket] = self.position_tokens.get(bucket, 0) + 1
+                    self.position_teacher[bucket] = self.position_teacher.get(bucket, 0) + int(teacher)
+        return records
+
+    def response_ids(self, text: str) -> list[int]:
+        """A reference answer as the student's tokens, ended by EOS, cut to the answer budget."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.cfg.switch.max_new_tokens - 1]
+        return ids + [self.tokenizer.eos_token_id]
+
+    def reference(self, examples: list[Example]) -> list[str]:
+        """Reference answers; ones the data lacks are written by the teacher once and cached on disk."""
+        missing = [e for e in examples if e.id not in self.references]
+        if missing:
+            settings = dataclasses.replace(engine_settings(self.cfg.switch, "teacher", self.cfg.switch.seed),
+                                           temperature=0.7, top_p=0.9)  # a reference should be a good answer
+            for e, r in zip(missing, self.run_engine("teacher", missing, 0, settings)):
+                self.references[e.id] = self.tokenizer.decode(r["token_ids"], skip_special_tokens=True).strip()
+            if self.references_path:
+                save_references(self.references_path, self.references)
+        return [self.references[e.id] for e in examples]
+
+    def data_records(self, examples: list[Example], with_teacher: bool) -> list[dict]:
+        records = []
+        for e, text in zip(examples, self.reference(examples)):
+            records.append({"prompt_id": e.id, "prompt_token_ids": prompt_token_ids(self.tokenizer, e),
+                            "token_ids": self.response_ids(text), "source": "data"})
+        if with_teacher:
+            self._teacher_pass(records)
+        return records
+
+    def score_data(self, examples: list[Example], count: bool = True) -> list[dict]:
+        records = self.data_records(examples, with_teacher=False)
+        self._teacher_pass(records, count)
+        return records
+
+    def _teacher_pass(self, records: list[dict], count: bool = True) -> None:
+        """The one extra teacher forward, for responses the teacher did not score while generating."""
+        ray.get(self.teacher.configure.remote(engine_settings(self.cfg.switch, "switch", self.cfg.switch.seed)))
+        started = time.perf_counter()
+        scored = ray.get(self.teacher.score_sequences.remote([(r["prompt_token_ids"], r["token_ids"]) for r in records]))
+        if count:
+            self.counts["extra_pass_seconds"] += time.perf_counter() - started
+            self.counts["extra_pass_positions"] += sum(len(r["token_ids"]) for r in records)
+        for r, s in zip(records, scored):
+            r.update(s)
+
+    # ---- evaluation and the report ----
+    def sample_student(self, examples: list[Example], samples: int, seed: int) -> list[dict]:
+        """`samples` student answers per example (sampled at T = 1, so teacher log-probs are the true NLL)."""
+        settings = dataclasses.replace(engine_settings(self.cfg.switch, "student", seed), temperature=1.0, top_p=1.0, sample=True)
+        references = self.reference(examples)
+        repeated = [e for e in examples for _ in range(samples)]
+        saved = dict(self.counts)
+        records = self.run_engine("student", repeated, seed, settings)
+        self.counts = saved  # evaluation is not training data
+        by_id = {e.id: (text, len(self.tokenizer(text, add_special_tokens=False)["input_ids"])) for e, text in zip(examples, references)}
+        return [{"prompt_id": r["prompt_id"], "prediction": self.tokenizer.decode(r["token_ids"], skip_special_tokens=True).strip(),
+                 "reference": by_id[r["prompt_id"]][0], "reference_tokens": by_id[r["prompt_id"]][1],
+                 "teacher_logprob": r["teacher_logprob"]} for r in records]
+
+    def measure_second_pass(self, records: list[dict]) -> dict:
+        """What reusing generation's teacher log-probs saves: rescore some records with a plain teacher
+        pass, time it, and check the recorded log-probs equal the rescored ones."""
+        if not records or "teacher_logprob" not in records[0]:
+            return {}
+        copies = [{"prompt_token_ids": r["prompt_token_ids"], "token_ids": r["token_ids"]} for r in records]
+        ray.get(self.teacher.configure.remote(engine_settings(self.cfg.switch, "switch", self.cfg.switch.seed)))
+        started = time.perf_counter()
+        rescored = ray.get(self.teacher.score_sequences.remote([(c["prompt_token_ids"], c["token_ids"]) for c in copies]))
+        seconds = time.perf_counter() - started
+        positions = sum(len(r["token_ids"]) for r in records)
+        diff = max(abs(a - b) for r, s in zip(records, rescored) for a, b in zip(r["teacher_logprob"], s["teacher_logprob"]))
+        per_position = seconds / max(positions, 1)
+        return {"second_pass_seconds_per_position": round(per_position, 6),
+                "recorded_vs_rescored_max_abs_diff": round(diff, 5),
+                "saved_seconds_estimate": round(per_position * self.counts["reused_positions"], 2)}
+
+    def last_batch(self) -> list[dict]:
+        return self.batch_cache[1] if self.batch_cache else []
+
+    def summary(self) -> dict:
+        by_position = {b: round(self.position_teacher[b] / n, 4) for b, n in
+                       sorted(self.position_tokens.items(), key=lambda kv: int(kv[0].split("-")[0]))}
+        stale = self.staleness or [0]
+        return {"counts": {k: round(v, 3) if isinstance(v, float) else v for k, v in self.counts.items()},
+                "intervention_by_position": by_position,
+                "staleness_steps": {"mean": round(sum(stale) / len(stale), 3), "max": max(stale)},
+                "method_state": self.method.state()}

@@ -1,0 +1,207 @@
+"""What each Ray Train worker runs: the student under DeepSpeed, fed by the rollout actor.
+
+  loop: records <- rollout.batch(step)  ->  loss  ->  engine.backward / engine.step
+        every push_every steps: rank 0 sends the weights to the generation actor (on-policy)
+        ray.train.report(metrics [, checkpoint])
+"""
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+
+from actors.models import load_model
+from train.objective import collate, distill_loss, micro_batches
+
+PROGRESS_FILE = "progress.json"
+DS_TAG = "deepspeed"
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def deepspeed_config(t, world: int, bf16: bool) -> dict:
+    """ZeRO stage, precision, AdamW (torch's own, so CPUs build nothing), LR schedule, clipping, accumulation."""
+    warmup = max(t.warmup_steps, 0)
+    schedulers = {
+        "constant": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": t.lr, "warmup_num_steps": warmup}},
+        "linear": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": t.lr, "warmup_num_steps": warmup,
+                                                       "total_num_steps": t.steps}},
+        # DeepSpeed's cosine wants >= 1 warmup step; starting that step at the full lr means no warmup.
+        "cosine": {"type": "WarmupCosineLR", "params": {"total_num_steps": t.steps, "warmup_num_steps": max(warmup, 1),
+                                                        "warmup_min_ratio": 0.0 if warmup else 1.0, "cos_min_ratio": 0.1}},
+    }
+    return {
+        "train_batch_size": t.global_batch,
+        "train_micro_batch_size_per_gpu": t.micro_batch,
+        "gradient_accumulation_steps": t.global_batch // (t.micro_batch * world),
+        "gradient_clipping": t.grad_clip,
+        "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "weight_decay": t.weight_decay, "betas": [0.9, 0.95], "torch_adam": True}},
+        "scheduler": schedulers[t.lr_schedule],
+        "zero_optimization": {"stage": t.zero_stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def full_state_dict(engine, zero_stage: int) -> dict:
+    """The whole model's weights on CPU; under ZeRO-3 every rank must join the gather."""
+    import deepspeed
+
+    model = engine.module
+    if zero_stage == 3:
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg, rollout = config["cfg"], config["rollout"]
+    t = cfg.train
+    use_gpu = torch.cuda.is_available() and t.gpus_per_worker > 0
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
+    import deepspeed  # after DS_ACCELERATOR: DeepSpeed picks its accelerator on import
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.switch.seed + rank)
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and use_gpu)
+    device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+    # fp32 weights: DeepSpeed keeps the masters and casts for bf16 itself.
+    model = load_model(dataclasses.replace(cfg.student, dtype="float32"), device).train()
+    model.config.use_cache = False
+    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                                                   config=deepspeed_config(t, world, bf16), dist_init_required=False)
+
+    step = _resume(engine, rollout, rank, t.zero_stage)
+    pad_id = config["pad_id"]
+    with_teacher = config["loss"] != "ce"
+    started, trained_tokens = time.perf_counter(), 0
+    while step < t.steps:
+        step += 1
+        records = ray.get(rollout.batch.remote(step, rank, world))
+        step_loss, step_tokens = 0.0, 0
+        for part in micro_batches(records, t.micro_batch):
+            batch = collate(part, pad_id, with_teacher)
+            batch_on = {k: v.to(engine.device) for k, v in (("input_ids", batch.input_ids), ("attention_mask", batch.attention_mask))}
+            logits = engine(**batch_on).logits
+            loss = distill_loss(logits, _to(batch, engine.device), config["loss"], t.beta, t.alpha, t.loss_temperature)
+            _stop_if_not_finite(loss, step, rank)
+            engine.backward(loss)
+            engine.step()
+            step_loss += loss.item() / math.ceil(len(records) / t.micro_batch)
+            step_tokens += batch.tokens
+        trained_tokens += step_tokens
+        mean_loss = _mean_over_ranks(step_loss, world)
+
+        if step % t.push_every == 0 or step == t.steps:
+            state = full_state_dict(engine, t.zero_stage)
+            if rank == 0:
+                ray.get(rollout.push_weights.remote(state, step))
+            del state
+        if t.method == "distillm" and step % t.val_every == 0:
+            val = _val_loss(engine, config, rollout, pad_id) if rank == 0 else 0.0
+            if rank == 0:
+                ray.get(rollout.observe_val_loss.remote(step, val))
+        dist.barrier()  # the next batch is generated only after the push
+
+        elapsed = time.perf_counter() - started
+        metrics = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
+                   "tokens": trained_tokens * world, "tokens_per_s": trained_tokens * world / max(elapsed, 1e-9)}
+        if rank == 0:
+            rollout.log_metrics.remote(metrics)
+        if step % t.checkpoint_every == 0 or step == t.steps:
+            _report_with_checkpoint(engine, metrics, rank)
+        else:
+            ray.train.report(metrics)
+
+    if rank == 0 or t.zero_stage == 3:
+        _save_student(engine, config, rank, t.zero_stage)
+
+
+def _to(batch, device):
+    for name in ("targets", "loss_mask", "teacher_ids", "teacher_logp"):
+        value = getattr(batch, name)
+        if value is not None:
+            setattr(batch, name, value.to(device))
+    return batch
+
+
+def _stop_if_not_finite(loss: torch.Tensor, step: int, rank: int) -> None:
+    """Every rank learns if any rank saw NaN/inf, before the bad gradient touches the weights."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
+    dist.all_reduce(bad)
+    if bad.item() > 0:
+        raise NonFiniteLoss(f"the loss became {loss.item()} at step {step} (rank {rank}); stopped before the update. "
+                            "The last good checkpoint is kept; try a lower lr or grad_clip.")
+
+
+def _mean_over_ranks(value: float, world: int) -> float:
+    tensor = torch.tensor([value])
+    dist.all_reduce(tensor)
+    return tensor.item() / world
+
+
+@torch.no_grad()
+def _val_loss(engine, config, rollout, pad_id) -> float:
+    records = ray.get(rollout.val_records.remote())
+    t = config["cfg"].train
+    total, n = 0.0, 0
+    for part in micro_batches(records, t.micro_batch):
+        batch = collate(part, pad_id, True)
+        logits = engine.module(input_ids=batch.input_ids.to(engine.device), attention_mask=batch.attention_mask.to(engine.device)).logits
+        total += distill_loss(logits, _to(batch, engine.device), config["loss"], t.beta, t.alpha, t.loss_temperature).item() * len(part)
+        n += len(part)
+    return total / max(n, 1)
+
+
+def _report_with_checkpoint(engine, metrics: dict, rank: int) -> None:
+    """Each rank writes its DeepSpeed shard; Ray Train gathers them into one checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag=DS_TAG)
+        if rank == 0:
+            Path(tmp, PROGRESS_FILE).write_text(json.dumps({"step": metrics["step"], "loss": metrics["loss"]}))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _resume(engine, rollout, rank: int, zero_stage: int) -> int:
+    """Continue from the checkpoint Ray Train hands us (a resumed run), with the same step count."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        engine.load_checkpoint(folder, tag=DS_TAG)
+        step = json.loads(Path(folder, PROGRESS_FILE).read_text())["step"]
+    state = full_state_dict(engine, zero_stage)
+    if rank == 0:  # the generation actor starts from the resumed weights, not the initial ones
+        ray.get(rollout.push_weights.remote(state, step))
+    dist.barrier()
+    return step
+
+
+def _save_student(engine, config: dict, rank: int, zero_stage: int) -> None:
+    """An HF folder that AutoModelForCausalLM.from_pretrained loads: safetensors, config, tokenizer, generation config."""
+    state = full_state_dict(engine, zero_stage)
+    if rank != 0:
+        return
+    from actors.models import load_tokenizer
+
+    out = Path(config["student_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    model = engine.module
+    model.config.use_cache = True
+    model.save_pretrained(out, state_dict=state, safe_serialization=True)
+    cfg = config["cfg"]
+    load_tokenizer(cfg.student.path, cfg.student.trust_remote_code).save_pretrained(out)
+    generation = model.generation_config
+    generation.eos_token_id = sorted(config["eos_ids"])
+    generation.save_pretrained(out)
