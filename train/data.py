@@ -51,8 +51,9 @@ ROLES = ("system", "user", "assistant")
 
 def load_examples(path: str | Path | None) -> list[Example]:
     """Every row of a local JSONL, JSON or Parquet file as an Example; None means the embedded prompt set."""
-    rows = read_located_rows(EMBEDDED_PROMPTS if path is None else path)
-    key = _detect_format(rows, EMBEDDED_PROMPTS if path is None else path)
+    source = EMBEDDED_PROMPTS if path is None else path
+    rows = read_located_rows(source)
+    key = _detect_format(rows, source)
     examples, first_seen = [], {}
     for index, (where, row) in enumerate(rows):
         example = _to_example(key, row, where, index)
