@@ -8,8 +8,8 @@ request is an async generator that the ingress reads through `handle.options(str
 Guidance travels as text. Each model renders the prompt with its own tokenizer and chat template,
 so the two models may use different tokenizers.
 
-A job is a plain dict that the ingress builds (serve/protocol.py: `Job`):
-  prompt | messages, max_new, temperature, top_p, stop, and for the student `guidance`.
+A job is a plain dict that the ingress builds (serve/ingress.py: `_plan`):
+  prompt | messages, max_new, temperature, top_p, stop, ignore_eos, and for the student `guidance`.
 """
 import asyncio
 import time
@@ -100,7 +100,7 @@ class TeacherGuide(_ModelReplica):
             for row, token in decoder.step().items():
                 out, stream = results[row], streams[row]
                 out["tokens"] += 1
-                if token in self.eos:
+                if token in self.eos and not jobs[row].get("ignore_eos"):
                     out["finish_reason"] = "stop"
                 else:
                     out["text"] += stream.push(token)
@@ -144,7 +144,7 @@ class StudentComplete(_ModelReplica):
             for row, token in stepped.items():
                 counts[row] += 1
                 chunk = {"text": ""}
-                if token in self.eos:
+                if token in self.eos and not jobs[row].get("ignore_eos"):
                     chunk["finish_reason"] = "stop"
                 else:
                     chunk["text"] = streams[row].push(token)

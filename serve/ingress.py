@@ -207,7 +207,8 @@ class GKTServer:
             prompt_tokens = self._check_prompt(source, "teacher", k)
         if k < max_tokens:
             prompt_tokens = self._check_prompt(source, "student", max_tokens)
-        job = {**source, "temperature": body.temperature, "top_p": body.top_p, "stop": body.stop_list()}
+        job = {**source, "temperature": body.temperature, "top_p": body.top_p, "stop": body.stop_list(),
+               "ignore_eos": body.ignore_eos}
         return job, max_tokens, k, prompt_tokens
 
     # ---- generation ----

@@ -71,6 +71,7 @@ class _Generation(_Sampling):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    ignore_eos: bool = False  # vLLM's extension: always generate max_tokens (benchmarks use it for equal lengths)
 
 
 class CompletionRequest(_Generation):

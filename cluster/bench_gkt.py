@@ -1,0 +1,185 @@
+"""`studyhall bench gkt`: GKT serving over HTTP against the teacher alone and the student alone.
+
+1. In-process, before Serve starts, on the bench's own prompts and at the batch sizes the server
+   will run: the time for the teacher to write whole answers, and for the teacher to write k tokens
+   plus the student the rest. Their ratio is `ideal_speedup`: what GKT could gain with no serving
+   overhead. The per-token costs of both models come from the same runs.
+2. Over HTTP, on 127.0.0.1: the app is started, and closed-loop clients keep 1, 8 and 32 requests
+   in flight, for each of three modes on the same prompts. The modes are GKT at the configured k,
+   the teacher alone (k = max_tokens), and the student alone (k = 0).
+   `speedup_vs_teacher` = GKT rps / teacher-alone rps.
+
+Every request asks for exactly max_tokens tokens (`ignore_eos`), so all modes do the same work.
+"""
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+import ray
+import torch
+from ray import serve
+
+from actors.models import load_model, load_tokenizer, pick_device
+from cluster.config import load_config
+from serve.app import start
+from serve.decoding import BatchDecoder
+from serve.load import drive
+from train.prompts import EMBEDDED_PROMPTS, read_rows, render, to_messages
+
+CONCURRENCY = (1, 8, 32)
+DEFAULTS = {"tiny": {"max_tokens": 32, "budget_s": 60.0}, "smol": {"max_tokens": 48, "budget_s": 120.0}}
+IDEAL_ROUNDS = 2  # batches per size timed in-process
+
+
+def embedded_messages(limit: int | None = None, last: bool = False) -> list[list[dict]]:
+    rows = read_rows(EMBEDDED_PROMPTS)
+    rows = rows[-limit:] if (last and limit) else rows[:limit]
+    return [to_messages(row, f"{EMBEDDED_PROMPTS} line {line}") for line, row in rows]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_bench(preset: str, out: str, requests: int | None, overrides: list[str]) -> dict:
+    defaults = DEFAULTS.get(preset, DEFAULTS["tiny"])
+    cfg = load_config(preset, [f"serve.default_max_tokens={defaults['max_tokens']}", *overrides, f"serve.port={free_port()}"])
+    v = cfg.serve
+    max_tokens, k = v.default_max_tokens, min(v.guidance_tokens, v.default_max_tokens)
+    messages = embedded_messages(max(CONCURRENCY) * 2)
+    batch_sizes = sorted({min(c, v.guide.max_batch_size, v.complete.max_batch_size) for c in CONCURRENCY})
+    log(f"bench gkt: in-process ideal at batch sizes {batch_sizes} (k={k}, max_tokens={max_tokens})")
+    side = load_side(cfg)
+    ideal = {b: measure_ideal(side, messages, b, max_tokens, k) for b in batch_sizes}
+    del side
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    url = start(cfg)
+    log(f"bench gkt: serving at {url}")
+    modes = {"gkt": k, "teacher": max_tokens, "student": 0}
+    result = {"preset": preset, "teacher": v.guide.path, "student": v.complete.path, "k": k, "max_tokens": max_tokens,
+              "max_batch_size": {"teacher": v.guide.max_batch_size, "student": v.complete.max_batch_size},
+              "ms_per_step": {str(b): ideal[b]["ms_per_step"] for b in batch_sizes},
+              "teacher_student_cost_ratio": {str(b): ideal[b]["cost_ratio"] for b in batch_sizes},
+              "ideal": {str(b): {key: val for key, val in ideal[b].items() if key not in ("ms_per_step", "cost_ratio")}
+                        for b in batch_sizes},
+              "modes": {m: {} for m in modes}, "speedup_vs_teacher": {}, "ideal_speedup": {}, "fraction_of_ideal": {}}
+    try:
+        for concurrency in CONCURRENCY:
+            n = requests or max(8, 2 * concurrency)
+            for mode, guidance in modes.items():
+                bodies = [{"model": v.model_name, "messages": messages[i % len(messages)], "max_tokens": max_tokens,
+                           "guidance_tokens": guidance, "ignore_eos": True} for i in range(n)]
+                drive(f"{url}/v1/chat/completions", bodies[:concurrency], concurrency, defaults["budget_s"])  # warm-up
+                run = drive(f"{url}/v1/chat/completions", bodies, concurrency, defaults["budget_s"])
+                answered = [r for r in run.pop("responses") if r]
+                run.pop("latencies_ms")
+                run["teacher_tokens_per_request"] = _mean(r["gkt"]["guidance_tokens"] for r in answered)
+                run["mean_teacher_batch"] = _mean(r["gkt"]["teacher_batch_size"] for r in answered if r["gkt"]["teacher_batch_size"])
+                run["mean_student_batch"] = _mean(r["gkt"]["student_batch_size"] for r in answered if r["gkt"]["student_batch_size"])
+                result["modes"][mode][str(concurrency)] = run
+                log(f"bench gkt: {mode:8s} x{concurrency:<2d} {run['rps']:7.3f} rps  p50 {run['p50_ms']} ms  "
+                    f"p99 {run['p99_ms']} ms  errors {run['errors']}")
+            c = str(concurrency)
+            b = min(concurrency, v.guide.max_batch_size, v.complete.max_batch_size)
+            teacher_rps = result["modes"]["teacher"][c]["rps"]
+            result["speedup_vs_teacher"][c] = round(result["modes"]["gkt"][c]["rps"] / teacher_rps, 3) if teacher_rps else None
+            result["ideal_speedup"][c] = ideal[b]["ideal_speedup"]
+            if result["speedup_vs_teacher"][c] is not None:
+                result["fraction_of_ideal"][c] = round(result["speedup_vs_teacher"][c] / ideal[b]["ideal_speedup"], 3)
+    finally:
+        serve.shutdown()
+    result["goal_at_8_in_flight"] = {"target_fraction": 0.85, "measured_fraction": result["fraction_of_ideal"].get("8"),
+                                     "met": (result["fraction_of_ideal"].get("8") or 0) >= 0.85}
+    result["table"] = markdown(result)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(out).with_suffix(".md").write_text(result["table"] + "\n")
+    return result
+
+
+def load_side(cfg) -> dict:
+    """Both served models in this process: role -> (model, tokenizer, device, torch threads of its deployment)."""
+    side = {}
+    for role, spec in (("teacher", cfg.serve.guide), ("student", cfg.serve.complete)):
+        device = pick_device(spec)
+        side[role] = (load_model(spec, device), load_tokenizer(spec.path, spec.trust_remote_code), device,
+                      max(1, round(spec.num_cpus)))
+    return side
+
+
+@torch.no_grad()
+def measure_ideal(side: dict, messages: list[list[dict]], batch: int, max_tokens: int, k: int) -> dict:
+    """Teacher-alone time and GKT time (k teacher tokens, then the student), in this process, with the
+    deployments' thread counts, on the first IDEAL_ROUNDS batches of the bench's prompts."""
+    chunks = [messages[i * batch:(i + 1) * batch] for i in range(IDEAL_ROUNDS)]
+
+    def generate(role: str, texts: list[str], n: int) -> tuple[list[str], float]:
+        model, tokenizer, device, threads = side[role]
+        torch.set_num_threads(threads)
+        prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        started = time.perf_counter()
+        decoder = BatchDecoder(model, device, prompts, [1.0] * len(texts), [1.0] * len(texts), None)
+        ids = [[] for _ in texts]
+        for _ in range(n):
+            for row, token in decoder.step().items():
+                ids[row].append(token)
+        seconds = time.perf_counter() - started
+        return [tokenizer.decode(i, skip_special_tokens=True) for i in ids], seconds
+
+    def rendered(role, chunk, suffixes=None):
+        tokenizer = side[role][1]
+        return [render(tokenizer, m) + (suffixes[i] if suffixes else "") for i, m in enumerate(chunk)]
+
+    generate("teacher", rendered("teacher", chunks[0][:1]), 2)  # warm-up: first forwards pay one-off costs
+    generate("student", rendered("student", chunks[0][:1]), 2)
+    teacher_s = gkt_s = teacher_part_s = student_part_s = 0.0
+    for chunk in chunks:
+        teacher_s += generate("teacher", rendered("teacher", chunk), max_tokens)[1]
+        guidance, t_k = generate("teacher", rendered("teacher", chunk), k) if k else ([""] * len(chunk), 0.0)
+        _, t_rest = generate("student", rendered("student", chunk, guidance), max_tokens - k) if k < max_tokens else ([], 0.0)
+        teacher_part_s, student_part_s = teacher_part_s + t_k, student_part_s + t_rest
+        gkt_s += t_k + t_rest
+    student_alone_s = sum(generate("student", rendered("student", chunk), max_tokens)[1] for chunk in chunks)
+    per_step = {"teacher": round(1000 * teacher_s / (IDEAL_ROUNDS * max_tokens), 3),
+                 "student": round(1000 * student_alone_s / (IDEAL_ROUNDS * max_tokens), 3)}
+    return {"batch": batch, "teacher_alone_s": round(teacher_s, 3), "gkt_s": round(gkt_s, 3),
+            "gkt_teacher_part_s": round(teacher_part_s, 3), "gkt_student_part_s": round(student_part_s, 3),
+            "student_alone_s": round(student_alone_s, 3), "ideal_speedup": round(teacher_s / gkt_s, 3),
+            "ms_per_step": per_step, "cost_ratio": round(per_step["teacher"] / per_step["student"], 2)}
+
+
+def markdown(r: dict) -> str:
+    lines = [f"GKT bench, preset {r['preset']}: teacher {r['teacher']}, student {r['student']}, "
+             f"k={r['k']}, max_tokens={r['max_tokens']} (every answer exactly max_tokens)", "",
+             "| mode | in flight | rps | p50 ms | p99 ms | errors | requests |", "|---|---|---|---|---|---|---|"]
+    for mode, runs in r["modes"].items():
+        for c, run in runs.items():
+            lines.append(f"| {mode} | {c} | {run['rps']} | {run['p50_ms']} | {run['p99_ms']} | {run['errors']} | {run['sent']} |")
+    lines += ["", "| in flight | speedup_vs_teacher | ideal_speedup | fraction of ideal |", "|---|---|---|---|"]
+    for c in r["speedup_vs_teacher"]:
+        lines.append(f"| {c} | {r['speedup_vs_teacher'][c]} | {r['ideal_speedup'][c]} | {r['fraction_of_ideal'].get(c)} |")
+    lines += ["", "| batch | teacher ms per step | student ms per step | cost ratio |", "|---|---|---|---|"]
+    for b, cost in r["ms_per_step"].items():
+        lines.append(f"| {b} | {cost['teacher']} | {cost['student']} | {r['teacher_student_cost_ratio'][b]} |")
+    return "\n".join(lines)
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return round(sum(values) / len(values), 3) if values else None
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    from cluster.cli import main
+
+    sys.exit(main(["bench", "gkt", *sys.argv[1:]]))
