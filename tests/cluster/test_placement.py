@@ -1,4 +1,4 @@
-"""Placement on a real multi-node Ray cluster (ray.cluster_utils.Cluster: three raylets on this machine)
+"""Placement on a real multi-node Ray cluster (ray.cluster_utils.Cluster: two raylets on this machine)
 with fake GPUs and the custom resources ray_cluster.yaml gives its node types.
 
 The pytest process already holds the in-process `ray_local` cluster, so the scenario runs in a
@@ -29,8 +29,9 @@ def scenario() -> dict:
     from actors.pair import start_pair, stop_pair
     from cluster.config import ConfigError, load_config
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    teacher_node = cluster.add_node(num_cpus=1, num_gpus=1, resources={"teacher_gpu": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "num_gpus": 1, "resources": {"teacher_gpu": 1}, "include_dashboard": False})
+    teacher_node = cluster.head_node
     student_node = cluster.add_node(num_cpus=1, num_gpus=1, resources={"student_gpu": 1})
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
