@@ -70,12 +70,12 @@ def run_bench(preset: str, out: str, requests: int | None, overrides: list[str])
                         for b in batch_sizes},
               "modes": {m: {} for m in modes}, "speedup_vs_teacher": {}, "ideal_speedup": {}, "fraction_of_ideal": {}}
     try:
+        for mode, guidance in modes.items():  # warm-up: first calls pay one-off costs
+            drive(f"{url}/v1/chat/completions", [_body(v.model_name, messages[i], max_tokens, guidance) for i in range(2)], 2, 60)
         for concurrency in CONCURRENCY:
-            n = requests or max(8, 2 * concurrency)
+            n = requests or min(max(8, 2 * concurrency), 32)
             for mode, guidance in modes.items():
-                bodies = [{"model": v.model_name, "messages": messages[i % len(messages)], "max_tokens": max_tokens,
-                           "guidance_tokens": guidance, "ignore_eos": True} for i in range(n)]
-                drive(f"{url}/v1/chat/completions", bodies[:concurrency], concurrency, defaults["budget_s"])  # warm-up
+                bodies = [_body(v.model_name, messages[i % len(messages)], max_tokens, guidance) for i in range(n)]
                 run = drive(f"{url}/v1/chat/completions", bodies, concurrency, defaults["budget_s"])
                 answered = [r for r in run.pop("responses") if r]
                 run.pop("latencies_ms")
@@ -168,6 +168,10 @@ def markdown(r: dict) -> str:
     for b, cost in r["ms_per_step"].items():
         lines.append(f"| {b} | {cost['teacher']} | {cost['student']} | {r['teacher_student_cost_ratio'][b]} |")
     return "\n".join(lines)
+
+
+def _body(model: str, messages: list[dict], max_tokens: int, k: int) -> dict:
+    return {"model": model, "messages": messages, "max_tokens": max_tokens, "guidance_tokens": k, "ignore_eos": True}
 
 
 def _mean(values) -> float | None:

@@ -127,7 +127,8 @@ class StudentComplete(_ModelReplica):
         """Stream the continuation of prompt + job["guidance"]: {"text": delta} chunks, the last one
         with "finish_reason" and "tokens"."""
         async for chunk in self._complete_batch(job):
-            yield chunk
+            if chunk is not None:  # None: nothing to send yet (a non-streaming request gets its text at the end)
+                yield chunk
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # both replaced from config in __init__
     async def _complete_batch(self, jobs: list[dict]):
@@ -138,6 +139,7 @@ class StudentComplete(_ModelReplica):
         decoder = self.decoder(jobs, prompts)
         streams = [TextStream(self.tokenizer, j["stop"], prefix=j["guidance"]) for j in jobs]
         counts = [0] * len(jobs)
+        held = [""] * len(jobs)  # text not sent yet: non-streaming requests take it in one piece at the end
         while decoder.active:
             stepped = await asyncio.to_thread(decoder.step)  # the event loop stays free for new requests
             out: list = [StopIteration] * len(jobs)  # rows already finished get nothing more
@@ -157,6 +159,11 @@ class StudentComplete(_ModelReplica):
                     chunk["tokens"] = counts[row]
                     chunk["batch_size"] = len(jobs)
                     decoder.finish(row)
+                if not jobs[row].get("stream") and "finish_reason" not in chunk:
+                    held[row] += chunk["text"]
+                    chunk = None
+                elif held[row]:
+                    chunk["text"], held[row] = held[row] + chunk["text"], ""
                 out[row] = chunk
             self.tokens.inc(len(stepped))
             yield out

@@ -208,7 +208,7 @@ class GKTServer:
         if k < max_tokens:
             prompt_tokens = self._check_prompt(source, "student", max_tokens)
         job = {**source, "temperature": body.temperature, "top_p": body.top_p, "stop": body.stop_list(),
-               "ignore_eos": body.ignore_eos}
+               "ignore_eos": body.ignore_eos, "stream": body.stream}
         return job, max_tokens, k, prompt_tokens
 
     # ---- generation ----
