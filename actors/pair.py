@@ -36,7 +36,7 @@ def ray_demand(spec) -> dict:
 
 
 def bundle(spec) -> dict:
-    """The actor's demand without zero entries (Ray takes a bundle of {"GPU": 0} as asking for GPUs)."""
+    """The actor's demand as a placement group bundle: zero entries dropped, they reserve nothing."""
     return {name: float(value) for name, value in ray_demand(spec).items() if value}
 
 
@@ -75,7 +75,8 @@ def check_resources(cfg: Config) -> None:
     for role, demand in bundles.items():  # a bundle never straddles two nodes
         if not any(_fits(demand, node) for node in nodes):
             short = [name for name, value in demand.items() if not any(node.get(name, 0) >= value for node in nodes)]
-            raise ConfigError(f"{role} asks for {_fmt(demand)} on one node, but no node has that much {' and '.join(short) or 'together'}")
+            lacking = f"that much {' and '.join(short)}" if short else "all of it at once"
+            raise ConfigError(f"{role} asks for {_fmt(demand)} on one node, but no node has {lacking}")
     teacher, student = bundles["teacher"], bundles["student"]
     if cfg.placement_strategy == "STRICT_PACK" and not any(_fits(total, node) for node in nodes):
         raise ConfigError(f"placement_strategy=STRICT_PACK puts teacher and student on one node, but no node has {_fmt(total)}")
