@@ -94,61 +94,82 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
         raise ConfigError(f"--resume: no checkpoint under {storage}; run without --resume first")
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
+    check_training_fits(cfg)
     t, started = cfg.train, time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
 
     say(f"starting teacher {cfg.teacher.path} and student {cfg.student.path} ...")
     rollout = Rollout.remote(cfg, plan.train, plan.val, plan.references_path)
-    say(f"evaluating the student before training ({len(plan.val)} held-out prompts x {t.eval_samples} samples) ...")
-    before = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
-    say(f"  before: ROUGE-L {before['rouge_l']:.2f}, teacher NLL {before['teacher_nll']:.3f}")
+    try:
+        say(f"evaluating the student before training ({len(plan.val)} held-out prompts x {t.eval_samples} samples) ...")
+        before = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
+        say(f"  before: ROUGE-L {before['rouge_l']:.2f}, teacher NLL {before['teacher_nll']:.3f}")
 
-    from ray.train import Checkpoint
+        use_gpu = t.gpus_per_worker > 0
+        resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": cfg, "rollout": rollout, "loss": plan.loss, "pad_id": _pad_id(plan.tokenizer),
+                               "student_dir": str(out / "student"), "eos_ids": _eos(plan.tokenizer, cfg),
+                               "resume_from": str(resume_from) if resume_from else None},
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+            run_config=RunConfig(name="distill", storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
+        error = _fit_with_progress(trainer, rollout, t.steps, progress)
+        if error is not None:
+            kept = latest_checkpoint(storage)
+            raise TrainingFailed(f"training stopped: {error}; last good checkpoint: {kept or 'none yet'}")
 
-    use_gpu = t.gpus_per_worker > 0
-    resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "rollout": rollout, "loss": plan.loss, "pad_id": _pad_id(plan.tokenizer),
-                           "student_dir": str(out / "student"), "eos_ids": _eos(plan.tokenizer, cfg)},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name="distill", storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        resume_from_checkpoint=Checkpoint.from_directory(str(resume_from)) if resume_from else None,
-    )
-    error = _fit_with_progress(trainer, rollout, t.steps, progress)
-    if error is not None:
-        kept = latest_checkpoint(storage)
-        raise TrainingFailed(f"training stopped: {error}; last good checkpoint: {kept or 'none yet'}")
-
-    say("evaluating the student after training ...")
-    after = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
-    say(f"  after:  ROUGE-L {after['rouge_l']:.2f}, teacher NLL {after['teacher_nll']:.3f}")
-    summary = ray.get(rollout.summary.remote())
-    metrics = ray.get(rollout.progress.remote())
-    saving = ray.get(rollout.measure_second_pass.remote(ray.get(rollout.last_batch.remote())))
-    counts = summary["counts"]
-    report = {
-        "method": t.method, "loss": plan.loss, "preset": cfg.preset, "steps": t.steps,
-        "tokens_per_s": round(metrics[-1]["tokens_per_s"], 2) if metrics else 0.0,
-        "seconds": round(time.perf_counter() - started, 1),
-        "data": {"source": plan.source, "train_examples": len(plan.train), "val_examples": len(plan.val),
-                 "references": "teacher-written, cached" if "teacher-written" in plan.source else "from the data file"},
-        "before": before, "after": after,
-        "loss_curve": [{"step": m["step"], "loss": round(m["loss"], 5), "lr": m["lr"]} for m in metrics],
-        "intervention_by_position": summary["intervention_by_position"],
-        "staleness_steps": summary["staleness_steps"],
-        "teacher_pass_saving": {"reused_positions": counts["reused_positions"], "extra_pass_positions": counts["extra_pass_positions"],
-                                "extra_pass_seconds": counts["extra_pass_seconds"], **saving},
-        "generation": {"seconds": counts["generation_seconds"], "tokens": counts["generated_tokens"]},
-        "method_state": summary["method_state"],
-        "student_dir": str(out / "student"),
-        "resumed_from": str(resume_from) if resume_from else None,
-        "config": dataclasses.asdict(cfg),
-    }
-    report["files"] = write_report(out, report)
-    ray.kill(rollout)
+        say("evaluating the student after training ...")
+        after = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
+        say(f"  after:  ROUGE-L {after['rouge_l']:.2f}, teacher NLL {after['teacher_nll']:.3f}")
+        summary = ray.get(rollout.summary.remote())
+        metrics = ray.get(rollout.progress.remote())
+        saving = ray.get(rollout.measure_second_pass.remote(ray.get(rollout.last_batch.remote())))
+        counts = summary["counts"]
+        report = {
+            "method": t.method, "loss": plan.loss, "preset": cfg.preset, "steps": t.steps,
+            "tokens_per_s": round(metrics[-1]["tokens_per_s"], 2) if metrics else 0.0,
+            "seconds": round(time.perf_counter() - started, 1),
+            "data": {"source": plan.source, "train_examples": len(plan.train), "val_examples": len(plan.val),
+                     "references": "teacher-written, cached" if "teacher-written" in plan.source else "from the data file"},
+            "before": before, "after": after,
+            "loss_curve": [{"step": m["step"], "loss": round(m["loss"], 5), "lr": m["lr"]} for m in metrics],
+            "intervention_by_position": summary["intervention_by_position"],
+            "staleness_steps": summary["staleness_steps"],
+            "val_kl_to_teacher": summary["val_kl_to_teacher"],
+            "teacher_pass_saving": {"reused_positions": counts["reused_positions"], "extra_pass_positions": counts["extra_pass_positions"],
+                                    "extra_pass_seconds": counts["extra_pass_seconds"], **saving},
+            "generation": {"seconds": counts["generation_seconds"], "tokens": counts["generated_tokens"]},
+            "method_state": summary["method_state"],
+            "student_dir": str(out / "student"),
+            "resumed_from": str(resume_from) if resume_from else None,
+            "config": dataclasses.asdict(cfg),
+        }
+        report["files"] = write_report(out, report)
+    finally:
+        close(rollout)
     return report
+
+
+def close(rollout) -> None:
+    try:
+        ray.get(rollout.close.remote())
+    except ray.exceptions.RayError:
+        pass  # the rollout already died; its actors went with it
+    ray.kill(rollout)
+
+
+def check_training_fits(cfg: Config) -> None:
+    """Ray Train would wait forever for workers the cluster cannot hold: say so before starting."""
+    t, have = cfg.train, ray.cluster_resources()
+    need = {"CPU": cfg.teacher.num_cpus + cfg.student.num_cpus + t.num_workers * t.cpus_per_worker,
+            "GPU": cfg.teacher.num_gpus + cfg.student.num_gpus + t.num_workers * t.gpus_per_worker}
+    for name, amount in need.items():
+        if amount > have.get(name, 0) + 1e-9:
+            raise ConfigError(f"teacher, student and {t.num_workers} training workers need {amount:g} {name} together "
+                              f"but the Ray cluster has {have.get(name, 0):g}; lower train.num_workers or *.num_{name.lower()}s")
 
 
 def _fit_with_progress(trainer, rollout, steps: int, progress: bool):

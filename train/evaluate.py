@@ -5,7 +5,7 @@ import dataclasses
 import ray
 
 from cluster.config import Config
-from train.distill import evaluate, prepare
+from train.distill import close, evaluate, prepare
 
 
 def run_evaluate(cfg: Config) -> dict:
@@ -18,6 +18,6 @@ def run_evaluate(cfg: Config) -> dict:
     try:
         result = evaluate(rollout, plan.val, cfg.train.eval_samples, cfg.switch.seed)
     finally:
-        ray.kill(rollout)
+        close(rollout)
     return {"student": cfg.student.path, "teacher": cfg.teacher.path, "data": plan.source, **result,
             "config": dataclasses.asdict(cfg)}

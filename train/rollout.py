@@ -12,7 +12,7 @@ import time
 import ray
 
 from actors.models import load_tokenizer
-from actors.pair import start_pair
+from actors.pair import start_pair, stop_pair
 from actors.switch_controller import SwitchController, position_bucket
 from cluster.config import Config, SwitchConfig
 from cluster.generate import eos_ids
@@ -52,6 +52,7 @@ class Rollout:
         self.weights_step = 0  # optimizer steps behind the generation actor's weights
         self.staleness: list[int] = []
         self.metrics: list[dict] = []
+        self.val_kl: dict[str, dict] = {}
         self.counts = {"reused_positions": 0, "extra_pass_positions": 0, "extra_pass_seconds": 0.0,
                        "generation_seconds": 0.0, "generated_tokens": 0}
         self.position_tokens: dict[str, int] = {}
@@ -67,6 +68,9 @@ class Rollout:
 
     def log_metrics(self, metrics: dict) -> None:
         self.metrics.append(metrics)
+
+    def log_val_kl(self, when: str, step: int, value: float) -> None:
+        self.val_kl[when] = {"step": step, "kl": round(value, 5)}
 
     @ray.method(concurrency_group="progress")
     def progress(self) -> list[dict]:
@@ -185,6 +189,10 @@ class Rollout:
                 "recorded_vs_rescored_max_abs_diff": round(diff, 5),
                 "saved_seconds_estimate": round(per_position * self.counts["reused_positions"], 2)}
 
+    def close(self) -> None:
+        """End both model actors and free their placement group (it would outlive a killed Rollout)."""
+        stop_pair(self.teacher, self.student)
+
     def last_batch(self) -> list[dict]:
         return self.batch_cache[1] if self.batch_cache else []
 
@@ -194,5 +202,6 @@ class Rollout:
         stale = self.staleness or [0]
         return {"counts": {k: round(v, 3) if isinstance(v, float) else v for k, v in self.counts.items()},
                 "intervention_by_position": by_position,
+                "val_kl_to_teacher": self.val_kl,
                 "staleness_steps": {"mean": round(sum(stale) / len(stale), 3), "max": max(stale)},
                 "method_state": self.method.state()}

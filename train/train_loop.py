@@ -30,14 +30,14 @@ class NonFiniteLoss(RuntimeError):
 
 def deepspeed_config(t, world: int, bf16: bool) -> dict:
     """ZeRO stage, precision, AdamW (torch's own, so CPUs build nothing), LR schedule, clipping, accumulation."""
-    warmup = max(t.warmup_steps, 0)
+    # DeepSpeed's schedulers want >= 1 warmup step; starting it at the full lr means no warmup at all.
+    warmup, start = max(t.warmup_steps, 1), (0.0 if t.warmup_steps else t.lr)
     schedulers = {
-        "constant": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": t.lr, "warmup_num_steps": warmup}},
-        "linear": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": t.lr, "warmup_num_steps": warmup,
+        "constant": {"type": "WarmupLR", "params": {"warmup_min_lr": start, "warmup_max_lr": t.lr, "warmup_num_steps": warmup}},
+        "linear": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": start, "warmup_max_lr": t.lr, "warmup_num_steps": warmup,
                                                        "total_num_steps": t.steps}},
-        # DeepSpeed's cosine wants >= 1 warmup step; starting that step at the full lr means no warmup.
-        "cosine": {"type": "WarmupCosineLR", "params": {"total_num_steps": t.steps, "warmup_num_steps": max(warmup, 1),
-                                                        "warmup_min_ratio": 0.0 if warmup else 1.0, "cos_min_ratio": 0.1}},
+        "cosine": {"type": "WarmupCosineLR", "params": {"total_num_steps": t.steps, "warmup_num_steps": warmup,
+                                                        "warmup_min_ratio": start / t.lr, "cos_min_ratio": 0.1}},
     }
     return {
         "train_batch_size": t.global_batch,
@@ -82,8 +82,15 @@ def train_loop_per_worker(config: dict) -> None:
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                                    config=deepspeed_config(t, world, bf16), dist_init_required=False)
 
-    step = _resume(engine, rollout, rank, t.zero_stage)
+    step = _resume(engine, rollout, rank, t.zero_stage, config.get("resume_from"))
     pad_id = config["pad_id"]
+    # KL to the teacher on held-out answers, before and after: the plainest sign of distillation.
+    # Every rank runs the forward (under ZeRO-3 it gathers parameters collectively); rank 0 reports.
+    measure_kl = cfg.switch.teacher_topk > 0
+    if measure_kl:
+        kl_start = _val_loss(engine, config, rollout, pad_id, "fkl")
+        if rank == 0:
+            rollout.log_val_kl.remote("start", step, kl_start)
     with_teacher = config["loss"] != "ce"
     started, trained_tokens = time.perf_counter(), 0
     while step < t.steps:
@@ -109,7 +116,7 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.get(rollout.push_weights.remote(state, step))
             del state
         if t.method == "distillm" and step % t.val_every == 0:
-            val = _val_loss(engine, config, rollout, pad_id) if rank == 0 else 0.0
+            val = _val_loss(engine, config, rollout, pad_id, config["loss"])
             if rank == 0:
                 ray.get(rollout.observe_val_loss.remote(step, val))
         dist.barrier()  # the next batch is generated only after the push
@@ -124,6 +131,10 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             ray.train.report(metrics)
 
+    if measure_kl:
+        kl_end = _val_loss(engine, config, rollout, pad_id, "fkl")
+        if rank == 0:
+            ray.get(rollout.log_val_kl.remote("end", step, kl_end))
     if rank == 0 or t.zero_stage == 3:
         _save_student(engine, config, rank, t.zero_stage)
 
@@ -152,14 +163,15 @@ def _mean_over_ranks(value: float, world: int) -> float:
 
 
 @torch.no_grad()
-def _val_loss(engine, config, rollout, pad_id) -> float:
+def _val_loss(engine, config, rollout, pad_id, loss: str) -> float:
+    """The loss on held-out references the teacher scored (DistiLLM's validation signal, and the report's KL)."""
     records = ray.get(rollout.val_records.remote())
     t = config["cfg"].train
     total, n = 0.0, 0
     for part in micro_batches(records, t.micro_batch):
         batch = collate(part, pad_id, True)
         logits = engine.module(input_ids=batch.input_ids.to(engine.device), attention_mask=batch.attention_mask.to(engine.device)).logits
-        total += distill_loss(logits, _to(batch, engine.device), config["loss"], t.beta, t.alpha, t.loss_temperature).item() * len(part)
+        total += distill_loss(logits, _to(batch, engine.device), loss, t.beta, t.alpha, t.loss_temperature).item() * len(part)
         n += len(part)
     return total / max(n, 1)
 
@@ -173,9 +185,10 @@ def _report_with_checkpoint(engine, metrics: dict, rank: int) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _resume(engine, rollout, rank: int, zero_stage: int) -> int:
-    """Continue from the checkpoint Ray Train hands us (a resumed run), with the same step count."""
-    checkpoint = ray.train.get_checkpoint()
+def _resume(engine, rollout, rank: int, zero_stage: int, resume_from: str | None) -> int:
+    """Continue with the same step count: from Ray Train's own checkpoint when it restarts workers
+    after a failure, else from the one `--resume` found."""
+    checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint.from_directory(resume_from) if resume_from else None)
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as folder:

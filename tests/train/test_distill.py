@@ -1,0 +1,124 @@
+"""Distillation end to end on the tiny preset: real Ray Train workers, real DeepSpeed steps, the real
+rollout actor with the SWITCH engine. Each test states the claim it checks."""
+import json
+
+import pytest
+import torch
+
+from cluster.cli import main
+from cluster.config import load_config
+from train.distill import run_distill
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+ANSWERS = [
+    ("Name a primary color.", "Red is a primary color."),
+    ("What do bees make?", "Bees make honey from the nectar of flowers."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("Where do fish live?", "Fish live in water, in rivers, lakes and the sea."),
+    ("What season comes after winter?", "Spring comes after winter."),
+    ("What do plants need to grow?", "Plants need light, water and air to grow."),
+    ("What is two plus two?", "Two plus two is four."),
+    ("What color is the sky on a clear day?", "The sky is blue on a clear day."),
+    ("What do cows drink?", "Cows drink water."),
+]
+
+
+@pytest.fixture(scope="module")
+def dolly_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "dolly.jsonl"
+    path.write_text("".join(json.dumps({"instruction": q, "context": "", "response": a}) + "\n" for q, a in ANSWERS))
+    return str(path)
+
+
+def _cfg(data, *overrides):
+    return load_config("tiny", [f"data={data}", "val_size=2", "max_new_tokens=16", *overrides])
+
+
+@pytest.fixture(scope="module")
+def zero2_run(dolly_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("zero2")
+    return out, run_distill(_zero2_cfg(dolly_file, steps=6), str(out), progress=False)
+
+
+def _zero2_cfg(dolly_file, steps):
+    # 8 training examples and a global batch of 8: every step sees the same answers, so the
+    # training loss is comparable from step to step.
+    return _cfg(dolly_file, "method=kd", "num_workers=2", "zero_stage=2", f"steps={steps}", "global_batch=8", "micro_batch=4",
+                "lr=0.0001", "checkpoint_every=3", "lr_schedule=constant")
+
+
+@pytest.mark.timeout(420)
+def test_two_worker_zero2_lowers_loss_and_kl_to_teacher(zero2_run):
+    _, report = zero2_run
+    losses = [p["loss"] for p in report["loss_curve"]]
+    assert [p["step"] for p in report["loss_curve"]] == list(range(1, 7))
+    assert losses[-1] < 0.8 * losses[0], losses
+    kl = report["val_kl_to_teacher"]
+    assert kl["end"]["kl"] < kl["start"]["kl"], kl
+    assert report["config"]["train"]["zero_stage"] == 2 and report["config"]["train"]["num_workers"] == 2
+    assert report["staleness_steps"] == {"mean": 0.0, "max": 0}  # pushed every step, before the next batch
+
+
+@pytest.mark.timeout(120)
+def test_saved_student_loads_with_from_pretrained_and_generates(zero2_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, report = zero2_run
+    model = AutoModelForCausalLM.from_pretrained(report["student_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(report["student_dir"])
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What do bees make?"}], add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
+    generated = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 5 or tokenizer.eos_token_id in generated[0, ids.shape[1]:].tolist()
+    assert (out / "student" / "model.safetensors").is_file() and (out / "student" / "generation_config.json").is_file()
+    # The saved weights are the trained ones, not the initial student.
+    from actors.models import load_model
+    from cluster.config import ModelConfig
+
+    initial = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    assert not torch.equal(initial.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
+
+
+@pytest.mark.timeout(420)
+def test_resume_continues_the_step_count(zero2_run, dolly_file):
+    out, first = zero2_run
+    report = run_distill(_zero2_cfg(dolly_file, steps=8), str(out), resume=True, progress=False)
+    assert report["resumed_from"] and "checkpoint" in report["resumed_from"]
+    assert [p["step"] for p in report["loss_curve"]] == [7, 8]
+    assert report["val_kl_to_teacher"]["start"]["step"] == 6
+    # Resuming restored the trained weights: KL starts where the first run ended (same data, same weights).
+    assert report["val_kl_to_teacher"]["start"]["kl"] == pytest.approx(first["val_kl_to_teacher"]["end"]["kl"], rel=1e-4)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("method", ["sft", "kd", "seqkd", "gkd", "skd", "distillm", "switch"])
+def test_every_method_runs_two_steps(method, dolly_file, tmp_path):
+    cfg = _cfg(dolly_file, f"method={method}", "steps=2", "checkpoint_every=2", "gkd_lambda=0.5", "distillm_p_init=0.5")
+    report = run_distill(cfg, str(tmp_path), progress=False)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["method"] == method and saved["steps"] == 2
+    assert [p["step"] for p in saved["loss_curve"]] == [1, 2]
+    assert all(p["loss"] == p["loss"] and p["loss"] >= 0 for p in saved["loss_curve"])  # finite and a divergence/CE
+    for side in ("before", "after"):
+        assert 0 <= saved[side]["rouge_l"] <= 100 and saved[side]["teacher_nll"] > 0
+    assert saved["tokens_per_s"] > 0 and (tmp_path / "student" / "config.json").is_file()
+    reuse = saved["teacher_pass_saving"]
+    if method in ("switch", "skd"):  # teacher log-probs come from generation: no extra teacher pass at all
+        assert reuse["extra_pass_positions"] == 0 and reuse["reused_positions"] > 0
+        assert reuse["recorded_vs_rescored_max_abs_diff"] < 1e-2
+        assert saved["intervention_by_position"]
+    if method in ("kd", "sft"):
+        assert reuse["reused_positions"] == 0
+    assert report["files"]["md"].endswith("report.md")
+
+
+@pytest.mark.timeout(240)
+def test_non_finite_loss_stops_with_a_clear_message(dolly_file, tmp_path, capsys):
+    code = main(["distill", "--preset", "tiny", "--out", str(tmp_path), "--no-progress", f"data={dolly_file}", "val_size=2",
+                 "max_new_tokens=8", "method=sft", "steps=4", "checkpoint_every=1", "lr=1e30", "grad_clip=0", "lr_schedule=constant"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "loss became" in err and "last good checkpoint" in err
+    assert "Traceback" not in err
