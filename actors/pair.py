@@ -1,4 +1,5 @@
 """Start the teacher and student actors of one SWITCH run, after checking they can work together."""
+import gc
 import weakref
 
 import ray
@@ -90,7 +91,10 @@ def reserve(cfg: Config) -> PlacementGroup:
     """A placement group with one bundle per role (teacher = bundle 0, student = bundle 1), ready."""
     bundles = [bundle(getattr(cfg, role)) for role in ROLES]
     pg = placement_group(bundles, strategy=cfg.placement_strategy)
-    ready, _ = ray.wait([pg.ready()], timeout=cfg.placement_timeout_s)
+    ready, _ = ray.wait([pg.ready()], timeout=min(1.0, cfg.placement_timeout_s))
+    if not ready:  # a pair its caller dropped inside a reference cycle frees its group only when collected
+        gc.collect()
+        ready, _ = ray.wait([pg.ready()], timeout=max(cfg.placement_timeout_s - 1.0, 0))
     if not ready:
         remove_placement_group(pg)
         asks = ", ".join(f"{role} {_fmt(b)}" for role, b in zip(ROLES, bundles))
