@@ -2,6 +2,7 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 
@@ -25,6 +26,17 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", required=True)
     sw.add_argument("--prompts", type=int, default=None, help="how many embedded prompts (default from preset)")
     sw.add_argument("overrides", nargs="*")
+    bt = bench_sub.add_parser("train", help="DeepSpeed training tokens/s against a plain PyTorch loop, same model and batch")
+    bt.add_argument("--preset", default="smol")
+    bt.add_argument("--out", required=True)
+    bt.add_argument("--steps", type=int, default=5, help="timed steps for each loop (after 2 warm-up steps)")
+    bt.add_argument("overrides", nargs="*")
+    bq = bench_sub.add_parser("quality", help="every method, same steps and data: ROUGE-L and teacher NLL")
+    bq.add_argument("--preset", default="smol")
+    bq.add_argument("--methods", default="sft,kd,seqkd,gkd,skd,switch")
+    bq.add_argument("--steps", type=int, default=None)
+    bq.add_argument("--out", required=True)
+    bq.add_argument("overrides", nargs="*")
     gb = bench_sub.add_parser("gkt", help="GKT serving over HTTP: GKT at k, teacher alone, student alone, at 1/8/32 in flight")
     gb.add_argument("--preset", default="tiny")
     gb.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
@@ -87,6 +99,22 @@ def main(argv=None) -> int:
             from serve.app import run_local
 
             run_local(load_config(args.preset, args.overrides))
+            return 0
+        if args.command == "bench" and args.bench == "train":
+            from cluster.bench_train import run_bench as run_train_bench
+
+            print(json.dumps(run_train_bench(args.preset, args.out, args.steps, args.overrides), indent=2))
+            return 0
+        if args.command == "bench" and args.bench == "quality":
+            from cluster.bench_quality import run_bench as run_quality_bench
+            from cluster.config import METHODS
+
+            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+            unknown = [m for m in methods if m not in METHODS]
+            if unknown or not methods:
+                raise ConfigError(f"--methods {args.methods!r}: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+            result = run_quality_bench(args.preset, methods, args.steps, args.out, args.overrides)
+            print(Path(args.out).with_suffix(".md").read_text())
             return 0
         if args.command == "bench" and args.bench == "gkt":
             from cluster.bench_gkt import run_bench as run_gkt_bench

@@ -104,6 +104,7 @@ class TrainConfig:
     num_workers: int = 1  # Ray Train workers (data-parallel ranks)
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    torch_threads: int = 0  # CPU threads per worker; 0 = cpus_per_worker (at least 1). Generation and training take turns, so they may share cores
     push_every: int = 1  # steps between pushes of the trained weights to the generation actor
     checkpoint_every: int = 10
     gkd_lambda: float = 0.5  # gkd: probability that an example is a fresh student sample
@@ -280,6 +281,7 @@ def _train_checks(t: TrainConfig) -> list:
         (t.zero_stage in (0, 1, 2, 3), f"train.zero_stage={t.zero_stage}: choose 0, 1, 2 or 3"),
         (t.precision in ("auto", "fp32", "bf16"), f"train.precision={t.precision!r}: choose auto, fp32 or bf16"),
         (t.cpus_per_worker >= 0 and t.gpus_per_worker >= 0, "train.cpus_per_worker and gpus_per_worker must be >= 0"),
+        (t.torch_threads >= 0, f"train.torch_threads={t.torch_threads}: must be >= 0"),
         (t.push_every >= 1 and t.checkpoint_every >= 1 and t.val_every >= 1, "train.push_every, checkpoint_every and val_every must be >= 1"),
         (0 <= t.gkd_lambda <= 1, f"train.gkd_lambda={t.gkd_lambda}: must be in [0, 1]"),
         (0 <= t.distillm_p_init <= t.distillm_p_max <= 1, "train.distillm_p_init <= distillm_p_max must lie in [0, 1]"),

@@ -13,7 +13,8 @@ import ray  # noqa: E402
 @pytest.fixture(scope="session")
 def ray_local():
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address="local": a fresh Ray for the tests, never some other cluster running on the machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

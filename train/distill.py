@@ -131,6 +131,7 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
         report = {
             "method": t.method, "loss": plan.loss, "preset": cfg.preset, "steps": t.steps,
             "tokens_per_s": round(metrics[-1]["tokens_per_s"], 2) if metrics else 0.0,
+            "train_tokens": metrics[-1]["tokens"] if metrics else 0,
             "seconds": round(time.perf_counter() - started, 1),
             "data": {"source": plan.source, "train_examples": len(plan.train), "val_examples": len(plan.val),
                      "references": "teacher-written, cached" if "teacher-written" in plan.source else "from the data file"},

@@ -71,6 +71,7 @@ def train_loop_per_worker(config: dict) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
     import deepspeed  # after DS_ACCELERATOR: DeepSpeed picks its accelerator on import
 
+    torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.switch.seed + rank)

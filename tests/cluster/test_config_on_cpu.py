@@ -8,11 +8,11 @@ def test_presets_load_and_overrides_apply():
     assert {"tiny", "smol"} <= set(preset_names())
     cfg = load_config("tiny", ["tau0=0.2", "switch.lam=0.1", "gamma=6", "divergence=kl_ts", "schedule=linear",
                                "temperature=0.7", "top_p=0.9", "max_new_tokens=64", "batch_size=4", "seed=7",
-                               "sample=false", "teacher.num_cpus=0.5", "tau0=1e-3"])
+                               "sample=false", "teacher.num_cpus=0.25", "tau0=1e-3"])
     s = cfg.switch
     assert (s.tau0, s.lam, s.gamma, s.divergence, s.schedule) == (1e-3, 0.1, 6, "kl_ts", "linear")
     assert (s.temperature, s.top_p, s.max_new_tokens, s.batch_size, s.seed, s.sample) == (0.7, 0.9, 64, 4, 7, False)
-    assert cfg.teacher.num_cpus == 0.5 and cfg.student.num_cpus == 1.0
+    assert cfg.teacher.num_cpus == 0.25 and cfg.student.num_cpus == 0.5  # the override, and the preset's own
     assert isinstance(s.tau0, float) and isinstance(s.gamma, int)
 
 

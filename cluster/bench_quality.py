@@ -1,0 +1,44 @@
+"""`studyhall bench quality`: every method distills the same student for the same steps and batch
+size on the same data, and is evaluated on the same held-out prompts with the same seeds.
+One table: ROUGE-L and teacher NLL, overall and in the longest-answer bucket."""
+import json
+from pathlib import Path
+
+from cluster.config import load_config
+from train.report import write_quality_table
+from train.scoring import bucket_start
+
+
+def _row(name: str, summary: dict, report: dict | None) -> dict:
+    buckets = summary.get("by_length") or {}
+    longest = max(buckets, key=bucket_start) if buckets else None
+    return {
+        "method": name, "rouge_l": summary["rouge_l"], "teacher_nll": summary["teacher_nll"], "longest_bucket": longest,
+        "rouge_l_longest": buckets[longest]["rouge_l"] if longest else None,
+        "teacher_nll_longest": buckets[longest]["teacher_nll"] if longest else None,
+        "tokens_per_s": report["tokens_per_s"] if report else None,
+        "steps": report["steps"] if report else 0,
+        "train_tokens": report["train_tokens"] if report else 0,
+    }
+
+
+def run_bench(preset: str, methods: list[str], steps: int | None, out: str, overrides: list[str]) -> dict:
+    from train.distill import run_distill
+
+    out_path = Path(out).resolve()
+    runs_dir = out_path.parent / (out_path.stem + "_runs")
+    rows, reports = [], {}
+    for method in methods:
+        cfg = load_config(preset, [*overrides, f"train.method={method}", *([f"train.steps={steps}"] if steps else [])])
+        print(f"== {method}: {cfg.train.steps} steps x {cfg.train.global_batch} sequences", flush=True)
+        reports[method] = run_distill(cfg, str(runs_dir / method), progress=True)
+        if not rows:  # every run starts from the same student and is evaluated with the same seeds
+            rows.append(_row("(student before training)", reports[method]["before"], None))
+        rows.append(_row(method, reports[method]["after"], reports[method]))
+    result = {"preset": preset, "steps": steps, "methods": methods, "rows": rows,
+              "data": next(iter(reports.values()))["data"] if reports else {},
+              "runs": {m: str(runs_dir / m) for m in methods}}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2))
+    write_quality_table(out_path.with_suffix(".md"), rows)
+    return result

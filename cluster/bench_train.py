@@ -1,0 +1,127 @@
+"""`studyhall bench train`: DeepSpeed training tokens/s against a plain PyTorch loop, same model,
+same batches, same loss and optimizer settings, measured inside one Ray Train worker in one run."""
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import ray
+
+from cluster.config import Config, load_config
+
+WARMUP_STEPS = 2
+
+
+def synthetic_records(vocab: int, n: int, prompt_len: int, response_len: int, topk: int, seed: int) -> list[dict]:
+    """Fixed random sequences with random teacher top-k: what the loss sees, without generation."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    records = []
+    for _ in range(n):
+        logp = torch.log_softmax(torch.randn(response_len, vocab, generator=g), -1).topk(topk, -1)
+        records.append({
+            "prompt_token_ids": torch.randint(0, vocab, (prompt_len,), generator=g).tolist(),
+            "token_ids": torch.randint(0, vocab, (response_len,), generator=g).tolist(),
+            "teacher_topk_ids": logp.indices.tolist(), "teacher_topk_logprobs": logp.values.tolist(),
+        })
+    return records
+
+
+def _bench_worker(config: dict) -> None:
+    import torch
+
+    cfg: Config = config["cfg"]
+    t = cfg.train
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    from actors.models import load_model
+    from train.objective import collate, distill_loss
+    from train.train_loop import deepspeed_config
+
+    loss_name, steps = config["loss"], config["steps"]
+    batches = [collate(config["records"][i:i + t.micro_batch], 0, loss_name != "ce")
+               for i in range(0, len(config["records"]), t.micro_batch)]
+    tokens_per_step = sum(b.tokens for b in batches)
+
+    def fresh_model():
+        torch.manual_seed(0)
+        return load_model(dataclasses.replace(cfg.student, dtype="float32"), torch.device("cpu")).train()
+
+    def timed(step_fn) -> float:
+        for _ in range(WARMUP_STEPS):
+            step_fn()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step_fn()
+        return steps * tokens_per_step / (time.perf_counter() - started)
+
+    model = fresh_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.95), weight_decay=t.weight_decay)
+
+    def plain_step():
+        optimizer.zero_grad(set_to_none=True)
+        for b in batches:
+            loss = distill_loss(model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits, b, loss_name, t.beta, t.alpha, 1.0)
+            (loss / len(batches)).backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+
+    plain = timed(plain_step)
+    del model, optimizer
+
+    model = fresh_model()
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
+                                      config=deepspeed_config(t, 1, False), dist_init_required=False)
+
+    def deepspeed_step():
+        for b in batches:
+            loss = distill_loss(engine(input_ids=b.input_ids, attention_mask=b.attention_mask).logits, b, loss_name, t.beta, t.alpha, 1.0)
+            engine.backward(loss)
+            engine.step()
+
+    ds = timed(deepspeed_step)
+    ray.train.report({"plain_tokens_per_s": plain, "deepspeed_tokens_per_s": ds, "tokens_per_step": tokens_per_step})
+
+
+def run_bench(preset: str, out: str, steps: int, overrides: list[str]) -> dict:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from actors.models import model_config
+    from train.methods import loss_for
+
+    cfg = load_config(preset, ["num_workers=1", *overrides])
+    t = cfg.train
+    loss = loss_for(t.method, t.loss)
+    vocab = model_config(cfg.student).vocab_size
+    records = synthetic_records(vocab, t.global_batch, 64, cfg.switch.max_new_tokens, max(cfg.switch.teacher_topk, 1), cfg.switch.seed)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    out_path = Path(out).resolve()
+    trainer = TorchTrainer(
+        _bench_worker, train_loop_config={"cfg": cfg, "records": records, "loss": loss, "steps": steps},
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": max(t.cpus_per_worker, 1.0)}),
+        run_config=RunConfig(name="bench_train", storage_path=str(out_path.parent / "ray_train_bench")))
+    metrics = trainer.fit().metrics
+    result = {
+        "preset": preset, "model": cfg.student.path, "loss": loss, "zero_stage": t.zero_stage,
+        "global_batch": t.global_batch, "micro_batch": t.micro_batch, "sequence_tokens": 64 + cfg.switch.max_new_tokens,
+        "timed_steps": steps, "warmup_steps": WARMUP_STEPS, "tokens_per_step": metrics["tokens_per_step"],
+        "plain_tokens_per_s": round(metrics["plain_tokens_per_s"], 1),
+        "deepspeed_tokens_per_s": round(metrics["deepspeed_tokens_per_s"], 1),
+        "ratio": round(metrics["deepspeed_tokens_per_s"] / metrics["plain_tokens_per_s"], 3),
+        "goal": ">= 0.9",
+    }
+    result["goal_met"] = result["ratio"] >= 0.9
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2))
+    out_path.with_suffix(".md").write_text(
+        "| model | ZeRO | loss | batch | plain tokens/s | DeepSpeed tokens/s | ratio |\n|---|---|---|---|---|---|---|\n"
+        f"| {result['model']} | {t.zero_stage} | {loss} | {t.global_batch}x{result['sequence_tokens']} | "
+        f"{result['plain_tokens_per_s']} | {result['deepspeed_tokens_per_s']} | {result['ratio']} |\n")
+    return result
