@@ -1,0 +1,55 @@
+"""`studyhall distill` refuses bad input in one line, before any actor or worker starts."""
+import json
+
+import pytest
+import ray
+
+from cluster.cli import main
+
+
+def _run(capsys, *args):
+    code = main(["distill", "--preset", "tiny", "--no-progress", *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def good_file(tmp_path):
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Say {w}.", "input": "", "output": w}) + "\n" for w in ("yes", "no", "maybe")))
+    return path
+
+
+def test_missing_field_names_field_line_and_file(tmp_path, capsys):
+    path = tmp_path / "dolly.jsonl"
+    path.write_text(json.dumps({"instruction": "a", "context": "", "response": "b"}) + "\n"
+                    + json.dumps({"instruction": "c", "context": ""}) + "\n")
+    code, err = _run(capsys, "--data", str(path), "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert str(path) in err and "line 2" in err and "'response'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["method=sft", "loss=fkl"], "sft trains on the answers alone"),
+    (["method=kd", "teacher_topk=0"], "switch.teacher_topk >= 1"),
+    (["method=nope"], "choose one of sft, kd, seqkd, gkd, skd, distillm, switch"),
+    (["global_batch=5"], "multiple of micro_batch"),
+    (["zero_stage=4"], "choose 0, 1, 2 or 3"),
+])
+def test_bad_settings_are_one_line_errors(overrides, expected, good_file, tmp_path, capsys):
+    code, err = _run(capsys, "--data", str(good_file), "--out", str(tmp_path / "o"), *overrides)
+    assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_resume_without_a_checkpoint_says_so(good_file, tmp_path, capsys):
+    code, err = _run(capsys, "--data", str(good_file), "--out", str(tmp_path / "fresh"), "--resume")
+    assert code == 2 and "no checkpoint under" in err
+
+
+def test_prompt_longer_than_context_names_the_example(tmp_path, capsys):
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"id": "huge", "prompt": "word " * 3000, "response": "x"}) + "\n"
+                    + json.dumps({"prompt": "short", "response": "y"}) + "\n")
+    code, err = _run(capsys, "--data", str(path), "--out", str(tmp_path / "o"))
+    assert code == 2 and "'huge'" in err and "context" in err
