@@ -19,7 +19,7 @@ setup: .venv/.installed
 	touch $@
 
 demo: setup
-	.venv/bin/studyhall generate --preset smol --limit 48 --out out/demo/switch.jsonl --summary out/demo/summary.json max_new_tokens=96
+	.venv/bin/studyhall distill --out out/demo max_new_tokens=48
 
 test: setup
 	$(PY) -m pytest -q
