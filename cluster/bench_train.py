@@ -84,7 +84,11 @@ def _bench_worker(config: dict) -> None:
             engine.step()
 
     ds = timed(deepspeed_step)
-    ray.train.report({"plain_tokens_per_s": plain, "deepspeed_tokens_per_s": ds, "tokens_per_step": tokens_per_step})
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # Ray Train v2 keeps metrics with a checkpoint
+        ray.train.report({"plain_tokens_per_s": plain, "deepspeed_tokens_per_s": ds, "tokens_per_step": tokens_per_step},
+                         checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def run_bench(preset: str, out: str, steps: int, overrides: list[str]) -> dict:
