@@ -58,13 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("overrides", nargs="*", help="key=value, e.g. lr=3e-4 zero_stage=2 num_workers=2 loss=jsd beta=0.5")
 
     # `studyhall eval` alone evaluates a student (train/); `studyhall eval gkt` the GKT trade-off (serve/).
-    ev = sub.add_parser("eval", help="evaluate a student, or (eval gkt) the GKT guidance trade-off")
-    ev.add_argument("--preset", default="smol")
-    ev.add_argument("--student", default=None, help="a student folder (e.g. OUT/student from distill); default: the preset's student")
-    ev.add_argument("--data", default=None, help="the data file the student was distilled on (its held-out split is used)")
-    ev.add_argument("--out", default=None, help="also write the result as JSON here")
-    ev.add_argument("overrides", nargs="*")
+    # `studyhall eval` = `studyhall eval student`; overrides need the explicit `student` (or `gkt`).
+    ev = sub.add_parser("eval", help="evaluate a student (eval [student]), or the GKT guidance trade-off (eval gkt)")
+    _student_eval_options(ev)
     eval_sub = ev.add_subparsers(dest="eval_target", required=False)
+    _student_eval_options(eval_sub.add_parser("student", help="ROUGE-L and teacher NLL of a student on held-out prompts"))
     eg = eval_sub.add_parser("gkt", help="ROUGE-L against teacher-only answers and latency, over guidance lengths k")
     eg.add_argument("--preset", default="smol")
     eg.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
@@ -77,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _student_eval_options(p) -> None:
+    p.add_argument("--preset", default="smol")
+    p.add_argument("--student", default=None, help="a student folder (e.g. OUT/student from distill); default: the preset's student")
+    p.add_argument("--data", default=None, help="the data file the student was distilled on (its held-out split is used)")
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+    if p.prog.endswith(" student"):
+        p.add_argument("overrides", nargs="*", help="key=value, e.g. eval_samples=4 val_size=64")
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from cluster.config import ConfigError
@@ -86,7 +93,7 @@ def main(argv=None) -> int:
             return _generate(args)
         if args.command == "distill":
             return _distill(args)
-        if args.command == "eval" and not args.eval_target:
+        if args.command == "eval" and args.eval_target in (None, "student"):
             return _evaluate(args)
         if args.command == "cluster" and args.cluster == "check":
             from cluster.cluster_yaml import check_cluster_yaml
@@ -167,6 +174,7 @@ def _evaluate(args) -> int:
     from cluster.config import load_config
     from train.evaluate import run_evaluate
 
+    args.overrides = getattr(args, "overrides", [])
     overrides = _train_overrides(args) + ([f"student.path={args.student}"] if args.student else [])
     result = run_evaluate(load_config(args.preset, overrides))
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))

@@ -122,3 +122,15 @@ def test_non_finite_loss_stops_with_a_clear_message(dolly_file, tmp_path, capsys
     assert code == 1
     assert "loss became" in err and "last good checkpoint" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.timeout(240)
+def test_eval_command_scores_the_saved_student(zero2_run, dolly_file, tmp_path, capsys):
+    _, report = zero2_run
+    out = tmp_path / "eval.json"
+    code = main(["eval", "student", "--preset", "tiny", "--student", report["student_dir"], "--data", dolly_file,
+                 "--out", str(out), "val_size=2", "max_new_tokens=16"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["student"] == report["student_dir"] and result["samples"] == 2
+    assert result["teacher_nll"] > 0 and 0 <= result["rouge_l"] <= 100 and result["by_length"]
