@@ -19,7 +19,7 @@ setup: .venv/.installed
 	touch $@
 
 demo: setup
-	.venv/bin/studyhall distill --out out/demo max_new_tokens=48
+	.venv/bin/studyhall distill --out out/demo
 
 test: setup
 	$(PY) -m pytest -q

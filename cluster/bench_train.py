@@ -98,7 +98,9 @@ def run_bench(preset: str, out: str, steps: int, overrides: list[str]) -> dict:
     from actors.models import model_config
     from train.methods import loss_for
 
-    cfg = load_config(preset, ["num_workers=1", *overrides])
+    from train.distill import with_answer_budget
+
+    cfg = with_answer_budget(load_config(preset, ["num_workers=1", *overrides]))
     t = cfg.train
     loss = loss_for(t.method, t.loss)
     vocab = model_config(cfg.student).vocab_size

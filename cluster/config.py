@@ -115,6 +115,7 @@ class TrainConfig:
     val_every: int = 5  # distillm: steps between validation losses
     data: str = ""  # JSONL/JSON/Parquet (Dolly, Alpaca, messages, prompt); empty = embedded prompts, teacher references
     val_size: int = 32  # held-out prompts
+    answer_tokens: int = 0  # new tokens per training/eval answer; 0 = switch.max_new_tokens
     eval_samples: int = 2  # student samples per held-out prompt
 
 
@@ -281,6 +282,7 @@ def _train_checks(t: TrainConfig) -> list:
         (t.zero_stage in (0, 1, 2, 3), f"train.zero_stage={t.zero_stage}: choose 0, 1, 2 or 3"),
         (t.precision in ("auto", "fp32", "bf16"), f"train.precision={t.precision!r}: choose auto, fp32 or bf16"),
         (t.cpus_per_worker >= 0 and t.gpus_per_worker >= 0, "train.cpus_per_worker and gpus_per_worker must be >= 0"),
+        (t.answer_tokens >= 0, f"train.answer_tokens={t.answer_tokens}: must be >= 0 (0 = switch.max_new_tokens)"),
         (t.torch_threads >= 0, f"train.torch_threads={t.torch_threads}: must be >= 0"),
         (t.push_every >= 1 and t.checkpoint_every >= 1 and t.val_every >= 1, "train.push_every, checkpoint_every and val_every must be >= 1"),
         (0 <= t.gkd_lambda <= 1, f"train.gkd_lambda={t.gkd_lambda}: must be in [0, 1]"),

@@ -33,6 +33,13 @@ class Plan:
     source: str
 
 
+def with_answer_budget(cfg: Config) -> Config:
+    """Distillation's answers may be shorter than generation's default: train.answer_tokens wins."""
+    if cfg.train.answer_tokens:
+        return dataclasses.replace(cfg, switch=dataclasses.replace(cfg.switch, max_new_tokens=cfg.train.answer_tokens))
+    return cfg
+
+
 def prepare(cfg: Config) -> Plan:
     """Everything that can fail on user input, before any actor or worker starts."""
     t = cfg.train
@@ -85,6 +92,7 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
     from train.report import write_report
     from train.rollout import Rollout
 
+    cfg = with_answer_budget(cfg)
     plan = prepare(cfg)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -5,12 +5,13 @@ import dataclasses
 import ray
 
 from cluster.config import Config
-from train.distill import close, evaluate, prepare
+from train.distill import close, evaluate, prepare, with_answer_budget
 
 
 def run_evaluate(cfg: Config) -> dict:
     from train.rollout import Rollout
 
+    cfg = with_answer_budget(cfg)
     plan = prepare(cfg)
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
