@@ -134,3 +134,15 @@ def test_eval_command_scores_the_saved_student(zero2_run, dolly_file, tmp_path, 
     result = json.loads(out.read_text())
     assert result["student"] == report["student_dir"] and result["samples"] == 2
     assert result["teacher_nll"] > 0 and 0 <= result["rouge_l"] <= 100 and result["by_length"]
+
+
+@pytest.mark.timeout(240)
+def test_zero3_gathers_weights_for_the_push_and_the_saved_student(dolly_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = _cfg(dolly_file, "method=switch", "steps=2", "zero_stage=3", "num_workers=2", "global_batch=4", "micro_batch=2")
+    report = run_distill(cfg, str(tmp_path), progress=False)
+    assert report["staleness_steps"]["max"] == 0 and [p["step"] for p in report["loss_curve"]] == [1, 2]
+    saved = AutoModelForCausalLM.from_pretrained(report["student_dir"])
+    weight = saved.model.layers[0].mlp.up_proj.weight
+    assert weight.shape == (768, 256) and weight.abs().mean() > 0.01  # whole tensors, not ZeRO-3's empty shards
