@@ -208,9 +208,11 @@ def _fit_with_progress(trainer, rollout, steps: int, progress: bool):
 
 def _first_cause(err: Exception) -> str:
     """The worker's own exception line out of Ray Train's wrapped traceback."""
-    lines = [line.strip() for line in str(err).splitlines()]
-    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Loss): ", line)]
-    return raised[-1] if raised else (lines[0] if lines else type(err).__name__)
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Loss)\b", line)]
+    if raised:
+        return raised[-1]
+    return " | ".join(lines[:1] + lines[-1:]) if lines else type(err).__name__  # the headline and the worker's last word
 
 
 def _pad_id(tokenizer) -> int:
