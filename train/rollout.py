@@ -127,8 +127,10 @@ class Rollout:
         if missing:
             settings = dataclasses.replace(engine_settings(self.cfg.switch, "teacher", self.cfg.switch.seed),
                                            temperature=0.7, top_p=0.9)  # a reference should be a good answer
+            saved = dict(self.counts)  # writing references is data preparation, not training records
             for e, r in zip(missing, self.run_engine("teacher", missing, 0, settings)):
                 self.references[e.id] = self.tokenizer.decode(r["token_ids"], skip_special_tokens=True).strip()
+            self.counts = saved
             if self.references_path:
                 save_references(self.references_path, self.references)
         return [self.references[e.id] for e in examples]
