@@ -73,6 +73,7 @@ def _markdown(r: dict) -> str:
         "",
         f"- **Loss:** {_num(curve[0]['loss'], 4)} at step {curve[0]['step']} to {_num(curve[-1]['loss'], 4)} at step {curve[-1]['step']}"
         if curve else "- **Loss:** no steps recorded",
+        _held_out_kl(report.get("val_kl_to_teacher") or {}),
         f"- **Staleness of the generation actor's weights:** mean {_num(staleness.get('mean'), 2)} steps, max {staleness.get('max', '-')} steps",
         f"- **Teacher-pass saving:** {_flat(r.get('teacher_pass_saving')) or 'none recorded'}",
         f"- **Teacher share by position:** {_shares(r.get('intervention_by_position'))}",
@@ -199,3 +200,11 @@ def _plot_rouge_by_length(before: dict, after: dict, method: str, path: Path) ->
     ax.set_title(f"{method}: ROUGE-L by reference length")
     ax.legend(loc="upper left", ncols=2)
     _save(fig, path)
+
+
+def _held_out_kl(kl: dict) -> str:
+    """The trainer's forward KL to the teacher on the held-out references, at the first and last step."""
+    if "start" not in kl or "end" not in kl:
+        return "- **Held-out KL(teacher || student):** not measured"
+    return (f"- **Held-out KL(teacher || student)** on the references (top-k + rest buckets): "
+            f"{_num(kl['start']['kl'], 3)} at step {kl['start']['step']} to {_num(kl['end']['kl'], 3)} at step {kl['end']['step']}")
