@@ -73,7 +73,7 @@ def _markdown(r: dict) -> str:
         "",
         f"- **Loss:** {_num(curve[0]['loss'], 4)} at step {curve[0]['step']} to {_num(curve[-1]['loss'], 4)} at step {curve[-1]['step']}"
         if curve else "- **Loss:** no steps recorded",
-        _held_out_kl(report.get("val_kl_to_teacher") or {}),
+        _held_out_kl(r.get("val_kl_to_teacher") or {}),
         f"- **Staleness of the generation actor's weights:** mean {_num(staleness.get('mean'), 2)} steps, max {staleness.get('max', '-')} steps",
         f"- **Teacher-pass saving:** {_flat(r.get('teacher_pass_saving')) or 'none recorded'}",
         f"- **Teacher share by position:** {_shares(r.get('intervention_by_position'))}",
