@@ -149,13 +149,18 @@ class Rollout:
         self._teacher_pass(records, count)
         return records
 
-    def _teacher_pass(self, records: list[dict], count: bool = True) -> None:
-        """The one extra teacher forward, for responses the teacher did not score while generating."""
+    def _score_with_teacher(self, records: list[dict]) -> tuple[list[dict], float]:
+        """A plain teacher forward over the records' responses (at the training temperature), and its seconds."""
         ray.get(self.teacher.configure.remote(engine_settings(self.cfg.switch, "switch", self.cfg.switch.seed)))
         started = time.perf_counter()
         scored = ray.get(self.teacher.score_sequences.remote([(r["prompt_token_ids"], r["token_ids"]) for r in records]))
+        return scored, time.perf_counter() - started
+
+    def _teacher_pass(self, records: list[dict], count: bool = True) -> None:
+        """The one extra teacher forward, for responses the teacher did not score while generating."""
+        scored, seconds = self._score_with_teacher(records)
         if count:
-            self.counts["extra_pass_seconds"] += time.perf_counter() - started
+            self.counts["extra_pass_seconds"] += seconds
             self.counts["extra_pass_positions"] += sum(len(r["token_ids"]) for r in records)
         for r, s in zip(records, scored):
             r.update(s)
@@ -179,11 +184,7 @@ class Rollout:
         pass, time it, and check the recorded log-probs equal the rescored ones."""
         if not records or "teacher_logprob" not in records[0]:
             return {}
-        copies = [{"prompt_token_ids": r["prompt_token_ids"], "token_ids": r["token_ids"]} for r in records]
-        ray.get(self.teacher.configure.remote(engine_settings(self.cfg.switch, "switch", self.cfg.switch.seed)))
-        started = time.perf_counter()
-        rescored = ray.get(self.teacher.score_sequences.remote([(c["prompt_token_ids"], c["token_ids"]) for c in copies]))
-        seconds = time.perf_counter() - started
+        rescored, seconds = self._score_with_teacher(records)
         positions = sum(len(r["token_ids"]) for r in records)
         diff = max(abs(a - b) for r, s in zip(records, rescored) for a, b in zip(r["teacher_logprob"], s["teacher_logprob"]))
         per_position = seconds / max(positions, 1)

@@ -4,6 +4,7 @@
         every push_every steps: rank 0 sends the weights to the generation actor (on-policy)
         ray.train.report(metrics [, checkpoint])
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -58,10 +59,10 @@ def full_state_dict(engine, zero_stage: int) -> dict:
     import deepspeed
 
     model = engine.module
-    if zero_stage == 3:
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
-    return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    gathered = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None) if zero_stage == 3
+                else contextlib.nullcontext())
+    with gathered:
+        return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def train_loop_per_worker(config: dict) -> None:
