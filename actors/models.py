@@ -2,11 +2,12 @@
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from actors import embedded
 from actors.tiny import build_tiny, tiny_config
-from cluster.config import ConfigError, ModelConfig
+from studyhall.config import ConfigError, ModelConfig
 
 EMBEDDED = {"embedded:teacher": embedded.teacher_dir, "embedded:student": embedded.student_dir}
 TINY = ("tiny:teacher", "tiny:student", "tiny:guide-teacher")  # guide-teacher: GKT serving's costlier teacher
@@ -40,9 +41,6 @@ def resolve_path(path: str) -> str:
         if not (local / "config.json").is_file():
             raise ConfigError(f"model path {path!r}: folder has no config.json")
         return str(local)
-    from huggingface_hub import try_to_load_from_cache
-    from transformers import AutoConfig
-
     try:
         if isinstance(try_to_load_from_cache(path, "config.json"), str):
             return path
@@ -77,10 +75,20 @@ def model_config(spec: ModelConfig):
     """The model's HF config without its weights, for checks made before actors start."""
     if spec.path.startswith("tiny:"):
         return tiny_config(spec.path.split(":", 1)[1], load_tokenizer(spec.path))
-    from transformers import AutoConfig
-
     return AutoConfig.from_pretrained(resolve_path(spec.path), trust_remote_code=spec.trust_remote_code)
 
 
 def context_length(config) -> int:
     return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048))
+
+
+def eos_ids(tokenizer, model_path: str | None = None) -> set[int]:
+    """The tokenizer's EOS plus the model's generation_config ones (chat models often list several)."""
+    ids = {tokenizer.eos_token_id}
+    if model_path and not model_path.startswith("tiny:"):
+        try:
+            listed = GenerationConfig.from_pretrained(resolve_path(model_path)).eos_token_id
+        except OSError:  # no generation_config.json: the tokenizer's EOS is all there is
+            listed = None
+        ids |= set(listed if isinstance(listed, list) else [listed])
+    return {i for i in ids if i is not None}

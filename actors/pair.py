@@ -8,7 +8,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.lm_worker import StudentActor, TeacherActor
 from actors.models import context_length, load_tokenizer, model_config
-from cluster.config import Config, ConfigError
+from studyhall.config import Config, ConfigError
 
 
 def check_pair(cfg: Config):

@@ -13,7 +13,7 @@ import numpy as np
 import ray
 import torch
 
-from cluster.config import SwitchConfig
+from studyhall.config import SwitchConfig
 from studyhall.distill_math import thresholds
 
 OWNERSHIP_WINDOW = 8  # recent positions per sequence that decide who drafts next

@@ -1,9 +1,14 @@
-"""The `studyhall` command line. User mistakes end as one line on stderr, never a traceback."""
+"""The `studyhall` command line. User mistakes end as one line on stderr, never a traceback.
+
+Each command imports its room (Ray, DeepSpeed, Serve) only when it runs, so `studyhall --help` and
+`studyhall cluster check` answer without loading them: those imports below are lazy on purpose.
+"""
 import argparse
 import json
 import sys
 from pathlib import Path
 
+from studyhall.config import METHODS, ConfigError, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,8 +91,6 @@ def _student_eval_options(p) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from cluster.config import ConfigError
-
     try:
         if args.command == "generate":
             return _generate(args)
@@ -102,19 +105,17 @@ def main(argv=None) -> int:
             print(f"{args.file}: valid for `ray up` (node types: {', '.join(prepared['available_node_types'])})")
             return 0
         if args.command == "serve":
-            from cluster.config import load_config
             from serve.app import run_local
 
             run_local(load_config(args.preset, args.overrides))
             return 0
         if args.command == "bench" and args.bench == "train":
-            from cluster.bench_train import run_bench as run_train_bench
+            from cluster.bench.train import run_bench as run_train_bench
 
             print(json.dumps(run_train_bench(args.preset, args.out, args.steps, args.overrides), indent=2))
             return 0
         if args.command == "bench" and args.bench == "quality":
-            from cluster.bench_quality import run_bench as run_quality_bench
-            from cluster.config import METHODS
+            from cluster.bench.quality import run_bench as run_quality_bench
 
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
             unknown = [m for m in methods if m not in METHODS]
@@ -124,19 +125,19 @@ def main(argv=None) -> int:
             print(Path(args.out).with_suffix(".md").read_text())
             return 0
         if args.command == "bench" and args.bench == "gkt":
-            from cluster.bench_gkt import run_bench as run_gkt_bench
+            from cluster.bench.gkt import run_bench as run_gkt_bench
 
             result = run_gkt_bench(args.preset, args.out, args.requests, args.overrides)
             print(result["table"])
             return 0
         if args.command == "eval" and args.eval_target == "gkt":
-            from cluster.eval_gkt import run_eval
+            from cluster.bench.eval_gkt import run_eval
 
             result = run_eval(args.preset, args.out, args.prompts, args.overrides)
             print(result["table"])
             return 0
         if args.command == "bench" and args.bench == "switch":
-            from cluster.bench_switch import run_bench
+            from cluster.bench.switch import run_bench
 
             result = run_bench(args.preset, args.out, args.prompts, args.overrides)
             print(json.dumps(result, indent=2))
@@ -154,7 +155,6 @@ def _train_overrides(args) -> list[str]:
 
 
 def _distill(args) -> int:
-    from cluster.config import load_config
     from train.distill import TrainingFailed, run_distill
 
     cfg = load_config(args.preset, _train_overrides(args))
@@ -171,7 +171,6 @@ def _distill(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from cluster.config import load_config
     from train.evaluate import run_evaluate
 
     args.overrides = getattr(args, "overrides", [])
@@ -185,7 +184,6 @@ def _evaluate(args) -> int:
 
 
 def _generate(args) -> int:
-    from cluster.config import load_config
     from cluster.generate import GenerationFailed, format_summary, generate
 
     cfg = load_config(args.preset, args.overrides)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from cluster.config import ConfigError
+from studyhall.config import ConfigError
 
 
 def check_cluster_yaml(path) -> dict:

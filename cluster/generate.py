@@ -9,11 +9,11 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
-from actors.models import resolve_path
+from actors.models import eos_ids
 from actors.pair import check_pair, start_pair
 from actors.switch_controller import SwitchController
-from cluster.config import Config
-from train.prompts import EMBEDDED_PROMPTS, load_prompts
+from studyhall.config import Config
+from studyhall.prompts import EMBEDDED_PROMPTS, load_prompts
 
 
 class GenerationFailed(RuntimeError):
@@ -25,20 +25,6 @@ def prepare(cfg: Config, prompts_path, limit=None):
     tokenizer, context = check_pair(cfg)
     items = load_prompts(prompts_path or EMBEDDED_PROMPTS, tokenizer, context, cfg.switch.max_new_tokens, limit)
     return tokenizer, items
-
-
-def eos_ids(tokenizer, model_path: str | None = None) -> set[int]:
-    """The tokenizer's EOS plus the model's generation_config ones (chat models often list several)."""
-    ids = {tokenizer.eos_token_id}
-    if model_path and not model_path.startswith("tiny:"):
-        from transformers import GenerationConfig
-
-        try:
-            listed = GenerationConfig.from_pretrained(resolve_path(model_path)).eos_token_id
-        except OSError:  # no generation_config.json: the tokenizer's EOS is all there is
-            listed = None
-        ids |= set(listed if isinstance(listed, list) else [listed])
-    return {i for i in ids if i is not None}
 
 
 def generate(cfg: Config, prompts_path, out_path, limit=None, progress=True, actors=None) -> dict:

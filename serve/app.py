@@ -2,7 +2,7 @@
 
 `serve run serve/gkt.yaml` and `serve deploy serve/gkt.yaml` call `build(args)`; `studyhall serve`
 calls `run_local`. Replicas, autoscaling and resources of each deployment come from the `serve:`
-section of the config (cluster/config.py: ServeConfig).
+section of the config (studyhall/config.py: ServeConfig).
 """
 import os
 import time
@@ -12,9 +12,9 @@ from ray import serve
 from ray.serve import Application
 
 from actors.models import load_tokenizer, model_config
-from cluster.config import Config, ConfigError, ServedModel, load_config
 from serve.deployments import StudentComplete, TeacherGuide
 from serve.ingress import GKTServer
+from studyhall.config import Config, ConfigError, ServedModel, load_config
 
 APP_NAME = "gkt"
 

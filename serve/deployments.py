@@ -18,11 +18,10 @@ import torch
 from ray import serve
 from ray.util import metrics
 
-from actors.models import context_length, load_model, load_tokenizer, pick_device
-from cluster.config import ServedModel
-from cluster.generate import eos_ids
+from actors.models import context_length, eos_ids, load_model, load_tokenizer, pick_device
 from serve.decoding import BatchDecoder, TextStream
-from train.prompts import render
+from studyhall.config import ServedModel
+from studyhall.prompts import render
 
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
 

@@ -22,10 +22,9 @@ from ray.util import metrics
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.models import context_length, load_tokenizer, model_config
-from cluster.config import ServeConfig
-from serve.protocol import (ApiError, ChatRequest, CompletionRequest, GuidanceRequest, chunk_body, completion_body,
-                            error_body, new_id, usage, usage_chunk)
-from train.prompts import render
+from serve.protocol import ApiError, ChatRequest, CompletionRequest, GuidanceRequest, chunk_body, completion_body, error_body, new_id, usage, usage_chunk
+from studyhall.config import ServeConfig
+from studyhall.prompts import render
 
 LATENCY_BUCKETS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 OPEN_PATHS = ("/healthz",)  # answered without the API key (load balancer probes)

@@ -13,9 +13,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.config import ConfigError
-from train.prompts import EMBEDDED_PROMPTS, render, to_messages
-from train.rows import read_located_rows
+from actors.embedded import cache_dir
+from studyhall.config import ConfigError
+from studyhall.prompts import EMBEDDED_PROMPTS, render, to_messages
+from studyhall.rows import read_located_rows
 
 
 @dataclass
@@ -192,8 +193,6 @@ def examples_digest(examples: list[Example]) -> str:
 
 
 def references_cache_path(teacher_path: str, prompts_digest: str, max_new_tokens: int) -> Path:
-    from actors.embedded import cache_dir
-
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", str(teacher_path).strip("/"))[-48:]
     exact = hashlib.sha256(str(teacher_path).encode("utf-8")).hexdigest()[:8]  # the readable part may collide
     return cache_dir() / "references" / f"{readable}-{exact}-{prompts_digest[:16]}-{max_new_tokens}.json"

@@ -10,12 +10,18 @@ import time
 from pathlib import Path
 
 import ray
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 from tqdm import tqdm
 
+from actors.models import eos_ids
 from actors.pair import check_pair
-from cluster.config import Config, ConfigError
+from studyhall.config import Config, ConfigError
 from train.data import examples_digest, load_examples, prompt_token_ids, references_cache_path, split_validation
 from train.methods import NEEDS_SHARED_VOCAB, loss_for
+from train.report import write_report
+from train.rollout import Rollout
+from train.scoring import summarize
 from train.train_loop import PROGRESS_FILE, train_loop_per_worker
 
 
@@ -65,7 +71,7 @@ def prepare(cfg: Config) -> Plan:
             raise ConfigError(f"{t.data or 'embedded prompts'}: example {e.id!r} has a {n}-token prompt; "
                               f"with max_new_tokens={budget} it exceeds the model context of {context}")
     has_refs = all(e.response is not None for e in examples)
-    source = t.data or "embedded prompts (train/data/prompts.jsonl)"
+    source = t.data or "embedded prompts (studyhall/data/prompts.jsonl)"
     refs = references_cache_path(cfg.teacher.path, examples_digest(examples), budget)
     return Plan(tokenizer, train, val, str(refs), loss,
                 source if has_refs else f"{source}; references teacher-written ({cfg.teacher.path}), cached at {refs}")
@@ -80,18 +86,10 @@ def latest_checkpoint(storage: Path):
 
 
 def evaluate(rollout, val, samples: int, seed: int) -> dict:
-    from train.scoring import summarize
-
     return summarize(ray.get(rollout.sample_student.remote(val, samples, seed)))
 
 
 def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool = True) -> dict:
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from train.report import write_report
-    from train.rollout import Rollout
-
     cfg = with_answer_budget(cfg)
     plan = prepare(cfg)
     out = Path(out_dir).resolve()
@@ -220,7 +218,5 @@ def _pad_id(tokenizer) -> int:
 
 
 def _eos(tokenizer, cfg) -> list[int]:
-    from cluster.generate import eos_ids
-
     return sorted(eos_ids(tokenizer, cfg.teacher.path) | eos_ids(tokenizer, cfg.student.path))
 

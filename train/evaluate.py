@@ -4,13 +4,12 @@ import dataclasses
 
 import ray
 
-from cluster.config import Config
+from studyhall.config import Config
 from train.distill import close, evaluate, prepare, with_answer_budget
+from train.rollout import Rollout
 
 
 def run_evaluate(cfg: Config) -> dict:
-    from train.rollout import Rollout
-
     cfg = with_answer_budget(cfg)
     plan = prepare(cfg)
     if not ray.is_initialized():

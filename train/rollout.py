@@ -11,14 +11,13 @@ import time
 
 import ray
 
-from actors.models import load_tokenizer
+from actors.models import eos_ids, load_tokenizer
 from actors.pair import start_pair, stop_pair
 from actors.switch_controller import SwitchController, position_bucket
-from cluster.config import Config, SwitchConfig
-from cluster.generate import eos_ids
+from studyhall.config import Config, SwitchConfig
+from studyhall.prompts import PromptItem
 from train.data import Example, load_references, prompt_token_ids, render_prompt, save_references
 from train.methods import make_method
-from train.prompts import PromptItem
 
 # The teacher writes nothing when tau exceeds any JS value (at most ln 2 < 1), yet still scores
 # every block: student samples come with the teacher's log-probs for free.

@@ -18,7 +18,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from actors.models import load_model
+from actors.models import load_model, load_tokenizer
 from train.objective import collate, distill_loss, micro_batches
 
 PROGRESS_FILE = "progress.json"
@@ -208,8 +208,6 @@ def _save_student(engine, config: dict, rank: int, zero_stage: int) -> None:
     state = full_state_dict(engine, zero_stage)
     if rank != 0:
         return
-    from actors.models import load_tokenizer
-
     out = Path(config["student_dir"])
     out.mkdir(parents=True, exist_ok=True)
     model = engine.module

@@ -6,8 +6,8 @@ import pytest
 
 from actors import embedded
 from actors.models import load_model
-from cluster.config import load_config
 from cluster.generate import generate
+from studyhall.config import load_config
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -7,8 +7,8 @@ import pytest
 import ray
 
 from actors.pair import start_pair
-from cluster.config import load_config
 from cluster.generate import GenerationFailed, generate
+from studyhall.config import load_config
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -4,7 +4,7 @@ import torch
 
 from actors.kv_batch import CachedBatch
 from actors.models import load_model
-from cluster.config import ModelConfig
+from studyhall.config import ModelConfig
 
 
 @pytest.fixture(scope="module")

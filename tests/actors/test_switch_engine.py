@@ -1,13 +1,14 @@
 """The SWITCH engine on real Ray actors with the tiny preset: exactness, bookkeeping, reuse, failures."""
 import json
+
 import pytest
 import ray
 import torch
 
 from actors.models import load_model
 from actors.pair import start_pair
-from cluster.config import load_config
 from cluster.generate import generate
+from studyhall.config import load_config
 from studyhall.distill_math import divergence_logprobs, js
 
 pytestmark = pytest.mark.timeout(300)

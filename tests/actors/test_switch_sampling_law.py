@@ -15,9 +15,9 @@ from scipy.stats import chi2_contingency, chisquare
 from actors.models import load_model
 from actors.pair import start_pair
 from actors.switch_controller import SwitchController
-from cluster.config import load_config
+from studyhall.config import load_config
 from studyhall.distill_math import divergence_logprobs, js
-from train.prompts import PromptItem
+from studyhall.prompts import PromptItem
 
 pytestmark = pytest.mark.timeout(600)
 N = 1200

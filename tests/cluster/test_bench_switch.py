@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from cluster.bench_switch import run_bench
+from cluster.bench.switch import run_bench
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -8,7 +8,7 @@ import yaml
 
 from cluster.cli import main
 from cluster.cluster_yaml import check_cluster_yaml
-from cluster.config import ConfigError
+from studyhall.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 AWS = ROOT / "ray_cluster.yaml"

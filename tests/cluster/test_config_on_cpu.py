@@ -1,7 +1,7 @@
 """Presets, key=value overrides and validation."""
 import pytest
 
-from cluster.config import ConfigError, load_config, preset_names
+from studyhall.config import ConfigError, load_config, preset_names
 
 
 def test_presets_load_and_overrides_apply():

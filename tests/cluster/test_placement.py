@@ -27,7 +27,7 @@ def scenario() -> dict:
     from ray.util.placement_group import placement_group_table
 
     from actors.pair import start_pair, stop_pair
-    from cluster.config import ConfigError, load_config
+    from studyhall.config import ConfigError, load_config
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "num_gpus": 1, "resources": {"teacher_gpu": 1}, "include_dashboard": False})

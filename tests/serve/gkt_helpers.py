@@ -5,7 +5,6 @@ import socket
 import urllib.error
 import urllib.request
 
-
 MODEL = "studyhall-gkt"
 # Fractions of a CPU, so the app fits the session's 2-CPU Ray next to other tests' actors.
 SMALL = ["serve.guide.num_cpus=0.25", "serve.complete.num_cpus=0.25", "serve.ingress_num_cpus=0",
@@ -20,8 +19,8 @@ def free_port() -> int:
 
 def start_app(overrides: list[str], env: dict | None = None) -> str:
     """Deploy the GKT app with the tiny preset plus overrides; return its base URL."""
-    from cluster.config import load_config
     from serve.app import start
+    from studyhall.config import load_config
 
     saved = {k: os.environ.get(k) for k in env or {}}
     os.environ.update(env or {})

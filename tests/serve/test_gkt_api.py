@@ -5,7 +5,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-
 from gkt_helpers import MODEL, http, start_app
 
 pytestmark = pytest.mark.timeout(300)

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from gkt_helpers import MODEL, http, start_app
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from actors.models import load_tokenizer
-from gkt_helpers import MODEL, http, start_app
-from train.prompts import EMBEDDED_PROMPTS
+from studyhall.prompts import EMBEDDED_PROMPTS
 
 pytestmark = pytest.mark.timeout(300)
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"

@@ -5,8 +5,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from cluster.config import ConfigError, load_config
 from serve.app import build, deployment_options
+from studyhall.config import ConfigError, load_config
 
 SERVE_YAML = Path(__file__).parents[2] / "serve" / "gkt.yaml"
 

@@ -5,9 +5,18 @@ from pathlib import Path
 import datasets
 import pytest
 
-from cluster.config import ConfigError
-from train.data import (Example, examples_digest, load_examples, load_references, prompt_token_ids, references_cache_path,
-                        render_prompt, save_references, split_validation)
+from studyhall.config import ConfigError
+from train.data import (
+    Example,
+    examples_digest,
+    load_examples,
+    load_references,
+    prompt_token_ids,
+    references_cache_path,
+    render_prompt,
+    save_references,
+    split_validation,
+)
 
 DOLLY = [
     {"instruction": "Who started the festival?", "context": "A baker started it sixty years ago.", "response": "A local baker.", "category": "closed_qa"},

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cluster.cli import main
-from cluster.config import load_config
+from studyhall.config import load_config
 from train.distill import run_distill
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -75,7 +75,7 @@ def test_saved_student_loads_with_from_pretrained_and_generates(zero2_run):
     assert (out / "student" / "model.safetensors").is_file() and (out / "student" / "generation_config.json").is_file()
     # The saved weights are the trained ones, not the initial student.
     from actors.models import load_model
-    from cluster.config import ModelConfig
+    from studyhall.config import ModelConfig
 
     initial = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
     assert not torch.equal(initial.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)

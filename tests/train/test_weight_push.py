@@ -5,7 +5,7 @@ import ray
 import torch
 
 from actors.models import load_model
-from cluster.config import ModelConfig, load_config
+from studyhall.config import ModelConfig, load_config
 from train.data import Example
 from train.distill import close
 

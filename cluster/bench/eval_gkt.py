@@ -6,7 +6,6 @@ HTTP, greedily (temperature 0), 8 requests in flight: k in {0, 4, 8, 16, 32} and
 to the same prompt; mean and p50 request latency; wall time of the whole setting.
 """
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,10 @@ import ray
 from ray import serve
 from rouge_score import rouge_scorer
 
-from cluster.bench_gkt import embedded_messages, free_port, log
-from cluster.config import load_config
+from cluster.bench.gkt import embedded_messages, free_port, log
 from serve.app import start
 from serve.load import drive
+from studyhall.config import load_config
 
 KS = (0, 4, 8, 16, 32)
 IN_FLIGHT = 8
@@ -87,8 +86,3 @@ def markdown(r: dict) -> str:
                      f"{row['wall_s']} | {row['teacher_tokens']} | {row['student_tokens']} | {row['errors']} |")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    from cluster.cli import main
-
-    sys.exit(main(["eval", "gkt", *sys.argv[1:]]))

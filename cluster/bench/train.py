@@ -3,20 +3,27 @@ same batches, same loss and optimizer settings, measured inside one Ray Train wo
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import ray
+import torch
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
-from cluster.config import Config, load_config
+from actors.models import load_model, model_config
+from studyhall.config import Config, load_config
+from train.distill import with_answer_budget
+from train.methods import loss_for
+from train.objective import collate, distill_loss
+from train.train_loop import deepspeed_config
 
 WARMUP_STEPS = 2
 
 
 def synthetic_records(vocab: int, n: int, prompt_len: int, response_len: int, topk: int, seed: int) -> list[dict]:
     """Fixed random sequences with random teacher top-k: what the loss sees, without generation."""
-    import torch
-
     g = torch.Generator().manual_seed(seed)
     records = []
     for _ in range(n):
@@ -30,16 +37,10 @@ def synthetic_records(vocab: int, n: int, prompt_len: int, response_len: int, to
 
 
 def _bench_worker(config: dict) -> None:
-    import torch
-
     cfg: Config = config["cfg"]
     t = cfg.train
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
-
-    from actors.models import load_model
-    from train.objective import collate, distill_loss
-    from train.train_loop import deepspeed_config
+    import deepspeed  # after DS_ACCELERATOR: DeepSpeed picks its accelerator on import
 
     loss_name, steps = config["loss"], config["steps"]
     batches = [collate(config["records"][i:i + t.micro_batch], 0, loss_name != "ce")
@@ -71,7 +72,7 @@ def _bench_worker(config: dict) -> None:
         optimizer.step()
 
     plain = timed(plain_step)
-    del model, optimizer
+    model = optimizer = None  # free the plain copy before DeepSpeed builds its own
 
     model = fresh_model()
     engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
@@ -84,22 +85,12 @@ def _bench_worker(config: dict) -> None:
             engine.step()
 
     ds = timed(deepspeed_step)
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:  # Ray Train v2 keeps metrics with a checkpoint
         ray.train.report({"plain_tokens_per_s": plain, "deepspeed_tokens_per_s": ds, "tokens_per_step": tokens_per_step},
                          checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def run_bench(preset: str, out: str, steps: int, overrides: list[str]) -> dict:
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from actors.models import model_config
-    from train.methods import loss_for
-
-    from train.distill import with_answer_budget
-
     cfg = with_answer_budget(load_config(preset, ["num_workers=1", *overrides]))
     t = cfg.train
     loss = loss_for(t.method, t.loss)

@@ -5,8 +5,8 @@ Loaded through HF `datasets`; every mistake is reported with the file and line i
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.config import ConfigError
-from train.rows import read_jsonl
+from studyhall.config import ConfigError
+from studyhall.rows import read_jsonl
 
 EMBEDDED_PROMPTS = Path(__file__).parent / "data" / "prompts.jsonl"
 

@@ -4,7 +4,8 @@ One table: ROUGE-L and teacher NLL, overall and in the longest-answer bucket."""
 import json
 from pathlib import Path
 
-from cluster.config import load_config
+from studyhall.config import load_config
+from train.distill import run_distill
 from train.report import write_quality_table
 from train.scoring import bucket_start
 
@@ -23,8 +24,6 @@ def _row(name: str, summary: dict, report: dict | None) -> dict:
 
 
 def run_bench(preset: str, methods: list[str], steps: int | None, out: str, overrides: list[str]) -> dict:
-    from train.distill import run_distill
-
     out_path = Path(out).resolve()
     runs_dir = out_path.parent / (out_path.stem + "_runs")
     rows, reports = [], {}

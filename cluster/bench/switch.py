@@ -10,13 +10,12 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import ray
 
 from actors.pair import start_pair
 from actors.switch_controller import SwitchController
-from cluster.config import load_config
 from cluster.generate import eos_ids, prepare
+from studyhall.config import load_config
 
 TARGETS = {"low_point": 0.10, "paper_point": 0.50}
 DEFAULT_PROMPTS = {"tiny": 64, "smol": 16}

@@ -22,11 +22,11 @@ import torch
 from ray import serve
 
 from actors.models import load_model, load_tokenizer, pick_device
-from cluster.config import load_config
 from serve.app import start
 from serve.decoding import BatchDecoder
 from serve.load import drive
-from train.prompts import EMBEDDED_PROMPTS, read_rows, render, to_messages
+from studyhall.config import load_config
+from studyhall.prompts import EMBEDDED_PROMPTS, read_rows, render, to_messages
 
 CONCURRENCY = (1, 8, 32)
 DEFAULTS = {"tiny": {"max_tokens": 32, "budget_s": 60.0}, "smol": {"max_tokens": 48, "budget_s": 120.0}}
@@ -182,8 +182,3 @@ def _mean(values) -> float | None:
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
-
-if __name__ == "__main__":
-    from cluster.cli import main
-
-    sys.exit(main(["bench", "gkt", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ parse errors say only that parsing failed; they come back as ours, with the line
 import json
 from pathlib import Path
 
-from cluster.config import ConfigError
+from studyhall.config import ConfigError
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
