@@ -10,7 +10,7 @@ from train.scoring import summarize
 
 
 def sample(reference_tokens, prediction, logprobs):
-    return {"prompt_id": "p", "prediction": prediction, "reference": "the quick brown fox jumps",
+    return {"prompt_id": f"p{reference_tokens}", "prediction": prediction, "reference": "the quick brown fox jumps",
             "reference_tokens": reference_tokens, "teacher_logprob": logprobs}
 
 
