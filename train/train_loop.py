@@ -54,6 +54,14 @@ def deepspeed_config(t, world: int, bf16: bool) -> dict:
     }
 
 
+def skip_shm_build(deepspeed) -> None:
+    """On the CPU, DeepSpeed's comm backend JIT-compiles a shared-memory all-reduce kernel when it starts
+    (minutes on a fresh machine, every new venv path). It serves inference all-reduce only; training
+    reduces through the gloo group Ray Train made, so mark the op unavailable and skip the build."""
+    if deepspeed.accelerator.get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def full_state_dict(engine, zero_stage: int) -> dict:
     """The whole model's weights on CPU; under ZeRO-3 every rank must join the gather."""
     import deepspeed
@@ -72,6 +80,7 @@ def train_loop_per_worker(config: dict) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
     import deepspeed  # after DS_ACCELERATOR: DeepSpeed picks its accelerator on import
 
+    skip_shm_build(deepspeed)
     torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -17,7 +17,7 @@ from studyhall.config import Config, load_config
 from train.distill import with_answer_budget
 from train.methods import loss_for
 from train.objective import collate, distill_loss
-from train.train_loop import deepspeed_config
+from train.train_loop import deepspeed_config, skip_shm_build
 
 WARMUP_STEPS = 2
 
@@ -41,6 +41,8 @@ def _bench_worker(config: dict) -> None:
     t = cfg.train
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed  # after DS_ACCELERATOR: DeepSpeed picks its accelerator on import
+
+    skip_shm_build(deepspeed)
 
     loss_name, steps = config["loss"], config["steps"]
     batches = [collate(config["records"][i:i + t.micro_batch], 0, loss_name != "ce")
