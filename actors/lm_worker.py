@@ -15,7 +15,7 @@ import torch
 from actors.kv_batch import CachedBatch
 from actors.models import load_model, pick_device
 from studyhall.config import ModelConfig, SwitchConfig
-from studyhall.distill_math import divergence_logprobs, sample, switch_block
+from studyhall.distill_math import divergence_logprobs, kl, sample, switch_block
 
 ROLE_SEED_OFFSET = {"teacher": 1, "student": 2}
 
@@ -154,12 +154,9 @@ class LMWorker:
             batch.keep(begin + g, token)
         return rounds * g * batch.rows / (time.perf_counter() - started)
 
-    @torch.no_grad()
-    def score_sequences(self, sequences: list[tuple[list[int], list[int]]], chunk: int = 4) -> list[dict]:
-        """This model's log-probs over fixed (prompt, response) pairs, e.g. ground-truth answers:
-        per response position, the log-prob of the actual token and the top-k. One plain forward
-        per chunk of sequences; the same record fields SWITCH generation writes."""
-        out = []
+    def _response_logits(self, sequences: list[tuple[list[int], list[int]]], chunk: int):
+        """(row, logits [len(response), V] that predict each response token) for fixed (prompt,
+        response) pairs: one plain right-padded forward per chunk of sequences."""
         for start in range(0, len(sequences), chunk):
             part = sequences[start:start + chunk]
             width = max(len(p) + len(r) for p, r in part)
@@ -170,15 +167,50 @@ class LMWorker:
                 mask[row, :len(prompt) + len(response)] = 1
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             for row, (prompt, response) in enumerate(part):
-                at = slice(len(prompt) - 1, len(prompt) + len(response) - 1)  # logits that predict the response
-                logp = self._logprobs(logits[row, at])
-                target = torch.tensor(response, device=self.device)
-                record = {"teacher_logprob": logp.gather(-1, target[:, None])[:, 0].tolist()}
-                if self.switch.teacher_topk:
-                    top = logp.topk(self.switch.teacher_topk, dim=-1)
-                    record["teacher_topk_ids"] = top.indices.tolist()
-                    record["teacher_topk_logprobs"] = top.values.to(torch.float16).float().tolist()
-                out.append(record)
+                yield start + row, logits[row, len(prompt) - 1:len(prompt) + len(response) - 1]
+
+    @torch.no_grad()
+    def score_sequences(self, sequences: list[tuple[list[int], list[int]]], chunk: int = 4) -> list[dict]:
+        """This model's log-probs over fixed (prompt, response) pairs, e.g. ground-truth answers:
+        per response position, the log-prob of the actual token and the top-k. One plain forward
+        per chunk of sequences; the same record fields SWITCH generation writes."""
+        out = []
+        for row, logits in self._response_logits(sequences, chunk):
+            logp = self._logprobs(logits)
+            target = torch.tensor(sequences[row][1], device=self.device)
+            record = {"teacher_logprob": logp.gather(-1, target[:, None])[:, 0].tolist()}
+            if self.switch.teacher_topk:
+                top = logp.topk(self.switch.teacher_topk, dim=-1)
+                record["teacher_topk_ids"] = top.indices.tolist()
+                record["teacher_topk_logprobs"] = top.values.to(torch.float16).float().tolist()
+            out.append(record)
+        return out
+
+    # Full-vocabulary KL to the teacher on fixed answers: the teacher's whole distributions go from
+    # its actor to the student's through the object store (the caller passes the ref along), never
+    # through the caller. Both at temperature 1: the models' own distributions.
+
+    @torch.no_grad()
+    def full_logprobs(self, sequences: list[tuple[list[int], list[int]]], chunk: int = 4) -> np.ndarray:
+        """log p(. | prefix) over the whole vocabulary at every response position, the sequences'
+        positions stacked: float32 [sum of response lengths, V]."""
+        rows = [torch.log_softmax(logits.float(), -1).cpu() for _, logits in self._response_logits(sequences, chunk)]
+        return torch.cat(rows).numpy()
+
+    @torch.no_grad()
+    def kl_from(self, sequences: list[tuple[list[int], list[int]]], teacher_logp: np.ndarray, chunk: int = 4) -> list[dict]:
+        """Per sequence, summed over its response positions: KL(teacher || this model) on the full
+        vocabulary ("kl_sum", nats) and how often both put the top token on the same id ("top1"),
+        with "tokens". `teacher_logp` is the teacher actor's `full_logprobs` of the same sequences."""
+        teacher = from_wire(teacher_logp, self.device)
+        out, at = [], 0
+        for row, logits in self._response_logits(sequences, chunk):
+            mine = torch.log_softmax(logits.float(), -1)
+            theirs, at = teacher[at:at + len(mine)], at + len(mine)
+            out.append({"tokens": len(mine), "kl_sum": float(kl(theirs, mine).sum()),
+                        "top1": int((theirs.argmax(-1) == mine.argmax(-1)).sum())})
+        if at != len(teacher):
+            raise ValueError(f"teacher log-probs cover {len(teacher)} positions, the sequences {at}")
         return out
 
     def drop(self, group: int) -> None:

@@ -22,6 +22,8 @@ from train.methods import make_method
 # The teacher writes nothing when tau exceeds any JS value (at most ln 2 < 1), yet still scores
 # every block: student samples come with the teacher's log-probs for free.
 STUDENT_ONLY_TAU = 1.0e3
+# Response positions per chunk of full teacher distributions on their way to the student actor.
+KL_CHUNK_POSITIONS = 256
 
 
 def engine_settings(switch: SwitchConfig, mode: str, seed: int) -> SwitchConfig:
@@ -173,10 +175,41 @@ class Rollout:
         saved = dict(self.counts)
         records = self.run_engine("student", repeated, seed, settings)
         self.counts = saved  # evaluation is not training data
-        by_id = {e.id: (text, len(self.tokenizer(text, add_special_tokens=False)["input_ids"])) for e, text in zip(examples, references)}
+        by_id = {e.id: (text, self.reference_tokens(text)) for e, text in zip(examples, references)}
         return [{"prompt_id": r["prompt_id"], "prediction": self.tokenizer.decode(r["token_ids"], skip_special_tokens=True).strip(),
                  "reference": by_id[r["prompt_id"]][0], "reference_tokens": by_id[r["prompt_id"]][1],
                  "teacher_logprob": r["teacher_logprob"]} for r in records]
+
+    def reference_tokens(self, text: str) -> int:
+        """A reference's length in the student's tokens, uncut: what the length buckets go by."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def heldout_kl(self, examples: list[Example]) -> list[dict]:
+        """Full-vocabulary KL(teacher || student) and top-1 agreement on each example's reference
+        (as training sees it: cut to the answer budget, ended by EOS), with the generation actor's
+        weights of this moment. Per reference: {"prompt_id", "reference_tokens", "tokens", "kl_sum", "top1"}.
+
+        The teacher's distributions go straight to the student actor, a chunk at a time (each ref is
+        ~50 MB at a 49k vocabulary), the teacher working on the next chunk while the student uses one;
+        only the sums come back here."""
+        records = self.data_records(examples, with_teacher=False)
+        chunks, size = [[]], 0
+        for r in records:
+            if chunks[-1] and size + len(r["token_ids"]) > KL_CHUNK_POSITIONS:
+                chunks.append([])
+                size = 0
+            chunks[-1].append((r["prompt_token_ids"], r["token_ids"]))
+            size += len(r["token_ids"])
+        sums, in_flight = [], []
+        for chunk in chunks:
+            teacher_logp = self.teacher.full_logprobs.remote(chunk)
+            in_flight.append(self.student.kl_from.remote(chunk, teacher_logp))
+            if len(in_flight) == 2:  # at most two chunks' distributions in the object store at once
+                sums += ray.get(in_flight.pop(0))
+        for ref in in_flight:
+            sums += ray.get(ref)
+        texts = self.reference(examples)
+        return [{"prompt_id": e.id, "reference_tokens": self.reference_tokens(text), **s} for e, text, s in zip(examples, texts, sums)]
 
     def measure_second_pass(self, records: list[dict]) -> dict:
         """What reusing generation's teacher log-probs saves: rescore some records with a plain teacher
