@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a student (eval [student]), or the GKT guidance trade-off (eval gkt)")
     _student_eval_options(ev)
     eval_sub = ev.add_subparsers(dest="eval_target", required=False)
-    _student_eval_options(eval_sub.add_parser("student", help="ROUGE-L and teacher NLL of a student on held-out prompts"))
+    _student_eval_options(eval_sub.add_parser("student", help="ROUGE-L, teacher NLL, repetition and KL to the teacher of a student on held-out prompts"))
     eg = eval_sub.add_parser("gkt", help="ROUGE-L against teacher-only answers and latency, over guidance lengths k")
     eg.add_argument("--preset", default="smol")
     eg.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
@@ -84,6 +84,8 @@ def _student_eval_options(p) -> None:
     p.add_argument("--preset", default="smol")
     p.add_argument("--student", default=None, help="a student folder (e.g. OUT/student from distill); default: the preset's student")
     p.add_argument("--data", default=None, help="the data file the student was distilled on (its held-out split is used)")
+    p.add_argument("--prompts", default=None, help="evaluate on every prompt of this file instead (JSONL/JSON/Parquet, the formats --data "
+                                                   "takes); without answers in it, the teacher writes the references once, cached")
     p.add_argument("--out", default=None, help="also write the result as JSON here")
     if p.prog.endswith(" student"):
         p.add_argument("overrides", nargs="*", help="key=value, e.g. eval_samples=4 val_size=64")
@@ -156,6 +158,7 @@ def _train_overrides(args) -> list[str]:
 
 def _distill(args) -> int:
     from train.distill import TrainingFailed, run_distill
+    from train.report import headline
 
     cfg = load_config(args.preset, _train_overrides(args))
     try:
@@ -163,9 +166,8 @@ def _distill(args) -> int:
     except TrainingFailed as err:
         print(f"studyhall: {err}", file=sys.stderr)
         return 1
-    b, a = report["before"], report["after"]
     print(f"{report['method']}: {report['steps']} steps, {report['tokens_per_s']:.0f} train tokens/s; "
-          f"ROUGE-L {b['rouge_l']:.2f} -> {a['rouge_l']:.2f}, teacher NLL {b['teacher_nll']:.3f} -> {a['teacher_nll']:.3f}")
+          f"{headline(report['before'], report['after'], report['difference'])} (after - before: 95% intervals)")
     print(f"report: {report['files']['md']}  student: {report['student_dir']}")
     return 0
 
@@ -175,8 +177,8 @@ def _evaluate(args) -> int:
 
     args.overrides = getattr(args, "overrides", [])
     overrides = _train_overrides(args) + ([f"student.path={args.student}"] if args.student else [])
-    result = run_evaluate(load_config(args.preset, overrides))
-    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+    result = run_evaluate(load_config(args.preset, overrides), args.prompts)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("config", "per_prompt")}, indent=2))  # the file has them
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

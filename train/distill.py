@@ -17,11 +17,12 @@ from tqdm import tqdm
 from actors.models import eos_ids
 from actors.pair import check_pair
 from studyhall.config import Config, ConfigError
+from train.bootstrap import compare
 from train.data import examples_digest, load_examples, prompt_token_ids, references_cache_path, split_validation
 from train.methods import NEEDS_SHARED_VOCAB, loss_for
-from train.report import write_report
+from train.report import headline, write_report
 from train.rollout import Rollout
-from train.scoring import summarize
+from train.scoring import labels, summarize
 from train.train_loop import PROGRESS_FILE, train_loop_per_worker
 
 
@@ -54,24 +55,35 @@ def prepare(cfg: Config) -> Plan:
         raise ConfigError(f"train.loss={loss}: sft trains on the answers alone with cross-entropy; use method=kd for a distillation loss")
     if loss != "ce" and cfg.switch.teacher_topk < 1:
         raise ConfigError(f"train.loss={loss} needs the teacher's top-k log-probs: set switch.teacher_topk >= 1")
+    tokenizer, context = check_models(cfg)
+    examples = load_examples(t.data or None)
+    train, val = split_validation(examples, 0.1, min(t.val_size, len(examples) - 1), cfg.switch.seed)
+    return plan_for(cfg, tokenizer, context, examples, train, val, loss, t.data or "embedded prompts (studyhall/data/prompts.jsonl)")
+
+
+def check_models(cfg: Config):
+    """(tokenizer, context length): both models resolve and share a vocabulary."""
     try:
-        tokenizer, context = check_pair(cfg)
+        return check_pair(cfg)
     except ConfigError as err:
         if "vocabular" not in str(err):
             raise
-        why = ("compares the two models' next-token distributions token by token" if t.method in NEEDS_SHARED_VOCAB
+        method = cfg.train.method
+        why = ("compares the two models' next-token distributions token by token" if method in NEEDS_SHARED_VOCAB
                else "is trained here, and evaluated, with the SWITCH engine's teacher scoring of student tokens")
-        raise ConfigError(f"method {t.method} {why}, so teacher and student must share a tokenizer: {err}") from None
-    examples = load_examples(t.data or None)
-    train, val = split_validation(examples, 0.1, min(t.val_size, len(examples) - 1), cfg.switch.seed)
+        raise ConfigError(f"method {method} {why}, so teacher and student must share a tokenizer: {err}") from None
+
+
+def plan_for(cfg: Config, tokenizer, context: int, examples: list, train: list, val: list, loss: str, source: str) -> Plan:
+    """Every prompt fits the context with the answer budget; where the examples lack references, the
+    teacher writes them once, cached per (teacher, prompt set, budget)."""
     budget = cfg.switch.max_new_tokens
     for e in examples:
         n = len(prompt_token_ids(tokenizer, e))
         if n + budget > context:
-            raise ConfigError(f"{t.data or 'embedded prompts'}: example {e.id!r} has a {n}-token prompt; "
+            raise ConfigError(f"{source}: example {e.id!r} has a {n}-token prompt; "
                               f"with max_new_tokens={budget} it exceeds the model context of {context}")
     has_refs = all(e.response is not None for e in examples)
-    source = t.data or "embedded prompts (studyhall/data/prompts.jsonl)"
     refs = references_cache_path(cfg.teacher.path, examples_digest(examples), budget)
     return Plan(tokenizer, train, val, str(refs), loss,
                 source if has_refs else f"{source}; references teacher-written ({cfg.teacher.path}), cached at {refs}")
@@ -86,7 +98,11 @@ def latest_checkpoint(storage: Path):
 
 
 def evaluate(rollout, val, samples: int, seed: int) -> dict:
-    return summarize(ray.get(rollout.sample_student.remote(val, samples, seed)))
+    """The student generation actor's weights of this moment, on the held-out prompts: its samples
+    (ROUGE-L, teacher NLL, repetition) and the full-vocabulary KL to the teacher on the references."""
+    sampled = rollout.sample_student.remote(val, samples, seed)
+    heldout = rollout.heldout_kl.remote(val)
+    return summarize(ray.get(sampled), ray.get(heldout))
 
 
 def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool = True) -> dict:
@@ -109,7 +125,7 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
     try:
         say(f"evaluating the student before training ({len(plan.val)} held-out prompts x {t.eval_samples} samples) ...")
         before = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
-        say(f"  before: ROUGE-L {before['rouge_l']:.2f}, teacher NLL {before['teacher_nll']:.3f}")
+        say(f"  before: {headline(before)}")
 
         use_gpu = t.gpus_per_worker > 0
         resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
@@ -127,9 +143,11 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
             kept = latest_checkpoint(storage)
             raise TrainingFailed(f"training stopped: {error}; last good checkpoint: {kept or 'none yet'}")
 
+        # The trainer pushed its last step's weights to the generation actor before fit() returned
+        # (train_loop: every push_every steps and at the last), so this evaluates the trained student.
         say("evaluating the student after training ...")
         after = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
-        say(f"  after:  ROUGE-L {after['rouge_l']:.2f}, teacher NLL {after['teacher_nll']:.3f}")
+        say(f"  after:  {headline(after)}")
         summary = ray.get(rollout.summary.remote())
         metrics = ray.get(rollout.progress.remote())
         saving = ray.get(rollout.measure_second_pass.remote(ray.get(rollout.last_batch.remote())))
@@ -142,10 +160,13 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
             "data": {"source": plan.source, "train_examples": len(plan.train), "val_examples": len(plan.val),
                      "references": "teacher-written, cached" if "teacher-written" in plan.source else "from the data file"},
             "before": before, "after": after,
+            "difference": compare(before, after, seed=cfg.switch.seed),
+            "metrics": labels(after),
             "loss_curve": [{"step": m["step"], "loss": round(m["loss"], 5), "lr": m["lr"]} for m in metrics],
             "intervention_by_position": summary["intervention_by_position"],
             "staleness_steps": summary["staleness_steps"],
-            "val_kl_to_teacher": summary["val_kl_to_teacher"],
+            "val_kl_to_teacher": {"label": f"top-{cfg.switch.teacher_topk} + rest-bucket KL(teacher||student), nats/token, from the "
+                                           "trainer: a lower bound of the full-vocabulary KL", **summary["val_kl_to_teacher"]},
             "teacher_pass_saving": {"reused_positions": counts["reused_positions"], "extra_pass_positions": counts["extra_pass_positions"],
                                     "extra_pass_seconds": counts["extra_pass_seconds"], **saving},
             "generation": {"seconds": counts["generation_seconds"], "tokens": counts["generated_tokens"]},

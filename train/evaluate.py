@@ -1,17 +1,32 @@
-"""`studyhall eval`: a student's ROUGE-L against the references and the teacher's NLL of its samples,
-on the held-out split distill uses (same data, seed and size), overall and by reference length."""
+"""`studyhall eval`: a student on held-out prompts: ROUGE-L against the references, the teacher's NLL of
+its samples, their repetition, and the full-vocabulary KL to the teacher on the references, overall,
+by reference length and per prompt.
+
+The prompts are the held-out split distill uses (same data, seed and size), or every prompt of a
+file given with `prompts` (any format `--data` takes). Where the prompts come without answers, the
+teacher writes the references once and they are cached, as for training.
+"""
 import dataclasses
 
 import ray
 
-from studyhall.config import Config
-from train.distill import close, evaluate, prepare, with_answer_budget
+from studyhall.config import Config, ConfigError
+from train.data import load_examples
+from train.distill import check_models, close, evaluate, plan_for, prepare, with_answer_budget
 from train.rollout import Rollout
+from train.scoring import labels
 
 
-def run_evaluate(cfg: Config) -> dict:
+def run_evaluate(cfg: Config, prompts: str | None = None) -> dict:
     cfg = with_answer_budget(cfg)
-    plan = prepare(cfg)
+    if prompts and cfg.train.data:
+        raise ConfigError(f"--prompts {prompts} and --data {cfg.train.data}: give one (--data evaluates its held-out split, --prompts every prompt)")
+    if prompts:
+        tokenizer, context = check_models(cfg)
+        examples = load_examples(prompts)
+        plan = plan_for(cfg, tokenizer, context, examples, [], examples, "", prompts)
+    else:
+        plan = prepare(cfg)
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
     rollout = Rollout.remote(cfg, [], plan.val, plan.references_path)
@@ -19,5 +34,5 @@ def run_evaluate(cfg: Config) -> dict:
         result = evaluate(rollout, plan.val, cfg.train.eval_samples, cfg.switch.seed)
     finally:
         close(rollout)
-    return {"student": cfg.student.path, "teacher": cfg.teacher.path, "data": plan.source, **result,
-            "config": dataclasses.asdict(cfg)}
+    return {"student": cfg.student.path, "teacher": cfg.teacher.path, "data": plan.source, "prompts": len(plan.val),
+            **result, "metrics": labels(result), "config": dataclasses.asdict(cfg)}

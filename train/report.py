@@ -11,11 +11,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from train.scoring import bucket_start
+from train.scoring import BETTER, METRICS, bucket_start, labels
 
 PLOTS = {"loss": "loss.png", "intervention_by_position": "intervention_by_position.png", "rouge_by_length": "rouge_by_length.png"}
 NOTE = ("ROUGE-L (0-100) of student samples against the references: higher is better. "
-        "Teacher NLL (nats per token) of the student's samples under the teacher: lower is better.")
+        "Teacher NLL (nats per token) of the student's samples under the teacher: lower is better. "
+        "Repetition: the share of a sample's word 3-grams that already occurred earlier in it: lower is better. "
+        "KL: full-vocabulary KL(teacher||student) in nats per token on the held-out references: lower is better.")
+DIGITS = {"rouge_l": 2, "teacher_nll": 3, "repetition": 3, "distinct_2": 3, "kl": 3, "top1_agreement": 3}
+SHORT = {"rouge_l": "ROUGE-L", "teacher_nll": "Teacher NLL", "repetition": "Repetition", "distinct_2": "Distinct-2",
+         "kl": "KL (full vocab)", "top1_agreement": "Top-1"}
+QUALITY_COLUMNS = ("rouge_l", "teacher_nll", "repetition", "kl", "top1_agreement")  # the bench table, overall
+LONGEST_COLUMNS = ("rouge_l", "teacher_nll", "repetition")  # ... and in the longest-answer bucket
 
 
 def write_report(out_dir: str | Path, report: dict) -> dict:
@@ -34,19 +41,49 @@ def write_report(out_dir: str | Path, report: dict) -> dict:
 
 
 def write_quality_table(path_md: str | Path, rows: list[dict]) -> str:
-    """The quality benchmark's table: one row per method, overall and for the longest-answer bucket."""
-    lines = [
-        "| Method | ROUGE-L | Teacher NLL | Longest bucket | ROUGE-L (longest) | Teacher NLL (longest) | Tokens/s | Steps | Train tokens |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
-    ]
+    """The quality benchmark's table: one row per method, overall and for the longest-answer bucket.
+
+    A row: {"method", "longest_bucket", "all": {metric: {"value", and for a trained method "diff",
+    "low", "high" against the student before training}}, "longest": the same, "tokens_per_s",
+    "steps", "train_tokens"}."""
+    header = ["Method", *(SHORT[m] for m in QUALITY_COLUMNS), "Longest bucket", *(f"{SHORT[m]} (longest)" for m in LONGEST_COLUMNS),
+              "Tokens/s", "Steps", "Train tokens"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(QUALITY_COLUMNS) + "---|" + "---:|" * (len(LONGEST_COLUMNS) + 3)]
     for r in rows:
-        lines.append(f"| {r['method']} | {_num(r['rouge_l'], 2)} | {_num(r['teacher_nll'], 3)} | {r.get('longest_bucket') or '-'} "
-                     f"| {_num(r['rouge_l_longest'], 2)} | {_num(r['teacher_nll_longest'], 3)} | {_num(r['tokens_per_s'], 1)} "
-                     f"| {r['steps']} | {r['train_tokens']} |")
+        cells = [r["method"], *(_cell(m, (r.get("all") or {}).get(m)) for m in QUALITY_COLUMNS), r.get("longest_bucket") or "-",
+                 *(_cell(m, (r.get("longest") or {}).get(m)) for m in LONGEST_COLUMNS),
+                 _num(r.get("tokens_per_s"), 1), str(r["steps"]), str(r["train_tokens"])]
+        lines.append("| " + " | ".join(cells) + " |")
     path = Path(path_md)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n\n" + NOTE + "\n", encoding="utf-8")
+    note = NOTE + " A trained method's cell: its value (after training - before [95% interval of the difference, paired bootstrap over prompts])."
+    path.write_text("\n".join(lines) + "\n\n" + note + "\n", encoding="utf-8")
     return str(path)
+
+
+def headline(before: dict, after: dict | None = None, difference: dict | None = None) -> str:
+    """One line of the main figures: "ROUGE-L 8.83 -> 12.10 [+1.02, +5.40], ..." (or one side's alone)."""
+    parts = []
+    for m, name in (("rouge_l", "ROUGE-L"), ("teacher_nll", "teacher NLL"), ("repetition", "repetition"), ("kl", "full-vocab KL"),
+                    ("top1_agreement", "top-1")):
+        if after is None:
+            parts.append(f"{name} {_num(before.get(m), DIGITS[m])}")
+            continue
+        interval = ((difference or {}).get("all") or {}).get(m)
+        ci = f" [{interval['low']:+.{DIGITS[m]}f}, {interval['high']:+.{DIGITS[m]}f}]" if interval else ""
+        parts.append(f"{name} {_num(before.get(m), DIGITS[m])} -> {_num(after.get(m), DIGITS[m])}{ci}")
+    return ", ".join(parts)
+
+
+def _cell(metric: str, entry: dict | None) -> str:
+    """"12.10" or, with an interval, "12.10 (+3.27 [+1.02, +5.40])"."""
+    if not entry or entry.get("value") is None:
+        return "-"
+    return _num(entry["value"], DIGITS[metric]) + (f" ({_interval(entry, DIGITS[metric])})" if entry.get("low") is not None else "")
+
+
+def _interval(entry: dict, digits: int) -> str:
+    return f"{entry['diff']:+.{digits}f} [{entry['low']:+.{digits}f}, {entry['high']:+.{digits}f}]"
 
 
 # Markdown
@@ -65,9 +102,13 @@ def _markdown(r: dict) -> str:
         "",
         "## Held-out quality, before and after training",
         "",
-        *_quality_table(r.get("before") or {}, r.get("after") or {}),
+        *_overall_table(r.get("before") or {}, r.get("after") or {}, r.get("difference") or {}),
         "",
-        NOTE + " Length buckets are by reference length in tokens.",
+        "### By reference length",
+        "",
+        *_quality_table(r.get("before") or {}, r.get("after") or {}, r.get("difference") or {}),
+        "",
+        NOTE + " Each cell: before → after (after - before [95% interval of the difference]). Length buckets are by reference length in tokens.",
         "",
         "## Training",
         "",
@@ -96,15 +137,37 @@ def _markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _quality_table(before: dict, after: dict) -> list[str]:
-    lines = ["| Slice | Samples | ROUGE-L before | ROUGE-L after | Δ ROUGE-L | Teacher NLL before | Teacher NLL after | Δ NLL |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    slices = [("all", before, after)] + [(f"{b} tokens", (before.get("by_length") or {}).get(b) or {}, (after.get("by_length") or {}).get(b) or {})
-                                         for b in _buckets(before, after)]
-    for name, b, a in slices:
-        lines.append(f"| {name} | {a.get('samples', b.get('samples', '-'))} "
-                     f"| {_num(b.get('rouge_l'), 2)} | {_num(a.get('rouge_l'), 2)} | {_delta(b.get('rouge_l'), a.get('rouge_l'), 2)} "
-                     f"| {_num(b.get('teacher_nll'), 3)} | {_num(a.get('teacher_nll'), 3)} | {_delta(b.get('teacher_nll'), a.get('teacher_nll'), 3)} |")
+def _overall_table(before: dict, after: dict, difference: dict) -> list[str]:
+    boot = difference.get("bootstrap") or {}
+    intro = (f"{after.get('samples', before.get('samples', '-'))} student samples on {len(after.get('per_prompt') or before.get('per_prompt') or {})} "
+             f"held-out prompts. Δ = after - before, with the {round(100 * boot['level'])}% interval of the difference from a paired "
+             f"bootstrap over prompts ({boot['resamples']} resamples, seed {boot['seed']})." if boot else "No before/after intervals recorded.")
+    lines = [intro, "", "| Metric | Better | Before | After | Δ [95% interval] |", "|---|---|---:|---:|---|"]
+    names = labels(after or before)
+    for m in METRICS:
+        if before.get(m) is None and after.get(m) is None:
+            continue
+        entry = (difference.get("all") or {}).get(m)
+        lines.append(f"| {names[m]} | {BETTER[m]} | {_num(before.get(m), DIGITS[m])} | {_num(after.get(m), DIGITS[m])} "
+                     f"| {_interval(entry, DIGITS[m]) if entry else _delta(before.get(m), after.get(m), DIGITS[m])} |")
+    return lines
+
+
+def _quality_table(before: dict, after: dict, difference: dict) -> list[str]:
+    shown = ("rouge_l", "teacher_nll", "repetition", "kl")
+    lines = ["| Slice | Samples | " + " | ".join(SHORT[m] for m in shown) + " |", "|---|---:|" + "---|" * len(shown)]
+    slices = [("all", before, after, difference.get("all") or {})] + [
+        (f"{b} tokens", (before.get("by_length") or {}).get(b) or {}, (after.get("by_length") or {}).get(b) or {},
+         (difference.get("by_length") or {}).get(b) or {}) for b in _buckets(before, after)]
+    for name, b, a, d in slices:
+        cells = []
+        for m in shown:
+            if b.get(m) is None and a.get(m) is None:
+                cells.append("-")
+                continue
+            change = f" ({_interval(d[m], DIGITS[m])})" if m in d else ""
+            cells.append(f"{_num(b.get(m), DIGITS[m])} → {_num(a.get(m), DIGITS[m])}{change}")
+        lines.append(f"| {name} | {a.get('samples', b.get('samples', '-'))} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -203,8 +266,9 @@ def _plot_rouge_by_length(before: dict, after: dict, method: str, path: Path) ->
 
 
 def _held_out_kl(kl: dict) -> str:
-    """The trainer's forward KL to the teacher on the held-out references, at the first and last step."""
+    """The trainer's KL to the teacher on the held-out references over the teacher's top-k + a rest
+    bucket, at the first and last step: a lower bound of the full-vocabulary KL above."""
     if "start" not in kl or "end" not in kl:
-        return "- **Held-out KL(teacher || student):** not measured"
-    return (f"- **Held-out KL(teacher || student)** on the references (top-k + rest buckets): "
+        return "- **Top-k lower bound of the held-out KL(teacher || student):** not measured"
+    return (f"- **Top-k lower bound of the held-out KL(teacher || student)** ({kl.get('label') or 'top-k + rest buckets'}): "
             f"{_num(kl['start']['kl'], 3)} at step {kl['start']['step']} to {_num(kl['end']['kl'], 3)} at step {kl['end']['step']}")

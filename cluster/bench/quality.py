@@ -1,22 +1,34 @@
 """`studyhall bench quality`: every method distills the same student for the same steps and batch
 size on the same data, and is evaluated on the same held-out prompts with the same seeds.
-One table: ROUGE-L and teacher NLL, overall and in the longest-answer bucket."""
+One table: ROUGE-L, teacher NLL, repetition and the full-vocabulary KL to the teacher, overall and
+in the longest-answer bucket, each trained method's with the 95% interval of its change."""
 import json
 from pathlib import Path
 
 from studyhall.config import load_config
 from train.distill import run_distill
-from train.report import write_quality_table
+from train.report import LONGEST_COLUMNS, QUALITY_COLUMNS, write_quality_table
 from train.scoring import bucket_start
 
 
 def _row(name: str, summary: dict, report: dict | None) -> dict:
+    """One table row; a trained method's cells carry its run's before/after interval (every run
+    starts from the same student with the same evaluation seeds, so "before" is the same for all)."""
     buckets = summary.get("by_length") or {}
     longest = max(buckets, key=bucket_start) if buckets else None
+    difference = (report or {}).get("difference") or {}
+
+    def cells(values: dict, intervals: dict, metrics) -> dict:
+        out = {}
+        for m in metrics:
+            entry = intervals.get(m) or {}
+            out[m] = {"value": values.get(m), **{k: entry[k] for k in ("diff", "low", "high") if k in entry}}
+        return out
+
     return {
-        "method": name, "rouge_l": summary["rouge_l"], "teacher_nll": summary["teacher_nll"], "longest_bucket": longest,
-        "rouge_l_longest": buckets[longest]["rouge_l"] if longest else None,
-        "teacher_nll_longest": buckets[longest]["teacher_nll"] if longest else None,
+        "method": name, "longest_bucket": longest,
+        "all": cells(summary, difference.get("all") or {}, QUALITY_COLUMNS),
+        "longest": cells(buckets.get(longest) or {}, (difference.get("by_length") or {}).get(longest) or {}, LONGEST_COLUMNS),
         "tokens_per_s": report["tokens_per_s"] if report else None,
         "steps": report["steps"] if report else 0,
         "train_tokens": report["train_tokens"] if report else 0,
@@ -36,6 +48,7 @@ def run_bench(preset: str, methods: list[str], steps: int | None, out: str, over
         rows.append(_row(method, reports[method]["after"], reports[method]))
     result = {"preset": preset, "steps": steps, "methods": methods, "rows": rows,
               "data": next(iter(reports.values()))["data"] if reports else {},
+              "metrics": next(iter(reports.values()))["metrics"] if reports else {},
               "runs": {m: str(runs_dir / m) for m in methods}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2))

@@ -7,6 +7,8 @@ import torch
 
 from cluster.cli import main
 from studyhall.config import load_config
+from studyhall.distill_math import kl
+from train.data import load_examples, prompt_token_ids, split_validation
 from train.distill import run_distill
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -61,6 +63,50 @@ def test_two_worker_zero2_lowers_loss_and_kl_to_teacher(zero2_run):
     assert report["staleness_steps"] == {"mean": 0.0, "max": 0}  # pushed every step, before the next batch
 
 
+def _full_vocab_kl(student_path: str, data: str, cfg) -> dict:
+    """KL(teacher || student) per held-out reference, summed over its tokens, computed here in-process
+    from the models themselves (as training sees a reference: cut to the budget, ended by EOS)."""
+    from actors.models import load_model, load_tokenizer
+    from studyhall.config import ModelConfig
+
+    tokenizer = load_tokenizer("tiny:student")
+    teacher = load_model(ModelConfig(path="tiny:teacher"), torch.device("cpu"))
+    student = load_model(ModelConfig(path=student_path), torch.device("cpu"))
+    _, val = split_validation(load_examples(data), 0.1, cfg.train.val_size, cfg.switch.seed)
+    out = {}
+    for e in val:
+        prompt = prompt_token_ids(tokenizer, e)
+        response = tokenizer(e.response, add_special_tokens=False)["input_ids"][:cfg.switch.max_new_tokens - 1] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + response])
+        at = slice(len(prompt) - 1, len(prompt) + len(response) - 1)
+        with torch.no_grad():
+            logp_t, logp_s = (torch.log_softmax(m(input_ids=ids).logits[0, at].float(), -1) for m in (teacher, student))
+        out[e.id] = {"kl": kl(logp_t, logp_s).mean().item(), "top1": (logp_t.argmax(-1) == logp_s.argmax(-1)).float().mean().item()}
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_full_vocabulary_kl_is_measured_with_the_weights_of_the_moment(zero2_run, dolly_file):
+    """Before training: the initial student's KL; after: the trained (last pushed) student's, equal
+    per reference to the KL computed here from the saved student. It fell, and the trainer's top-k
+    figure stays below it, as a lower bound must."""
+    _, report = zero2_run
+    cfg = _zero2_cfg(dolly_file, steps=6)
+    for side, path in (("before", "tiny:student"), ("after", report["student_dir"])):
+        expected = _full_vocab_kl(path, dolly_file, cfg)
+        measured = report[side]["per_prompt"]
+        assert set(measured) == set(expected)
+        for pid, value in expected.items():
+            assert measured[pid]["kl"] == pytest.approx(value["kl"], abs=2e-4), (side, pid)
+            assert measured[pid]["top1_agreement"] == pytest.approx(value["top1"], abs=2e-4), (side, pid)
+    assert report["after"]["kl"] < report["before"]["kl"]
+    assert report["difference"]["all"]["kl"]["diff"] < 0
+    assert report["val_kl_to_teacher"]["start"]["kl"] <= report["before"]["kl"]
+    assert report["val_kl_to_teacher"]["end"]["kl"] <= report["after"]["kl"]
+    assert report["metrics"]["kl"] == "full-vocabulary KL(teacher||student), nats/token, on 2 held-out references"
+    assert "lower bound" in report["val_kl_to_teacher"]["label"]
+
+
 @pytest.mark.timeout(120)
 def test_saved_student_loads_with_from_pretrained_and_generates(zero2_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -103,6 +149,13 @@ def test_every_method_runs_two_steps(method, dolly_file, tmp_path):
     assert all(p["loss"] == p["loss"] and p["loss"] >= 0 for p in saved["loss_curve"])  # finite and a divergence/CE
     for side in ("before", "after"):
         assert 0 <= saved[side]["rouge_l"] <= 100 and saved[side]["teacher_nll"] > 0
+        assert 0 <= saved[side]["repetition"] <= 1 and 0 < saved[side]["distinct_2"] <= 1
+        assert saved[side]["kl"] > 0 and 0 <= saved[side]["top1_agreement"] <= 1 and saved[side]["kl_references"] == 2
+        assert set(saved[side]["per_prompt"]) == set(saved["before"]["per_prompt"]) and len(saved[side]["per_prompt"]) == 2
+    assert set(saved["difference"]["all"]) == {"rouge_l", "teacher_nll", "repetition", "distinct_2", "kl", "top1_agreement"}
+    for m in saved["difference"]["all"].values():
+        assert m["low"] <= m["high"] and m["diff"] == pytest.approx(m["after"] - m["before"], abs=1e-4)
+    assert "full-vocabulary KL" in (tmp_path / "report.md").read_text()
     assert saved["tokens_per_s"] > 0 and (tmp_path / "student" / "config.json").is_file()
     reuse = saved["teacher_pass_saving"]
     if method in ("switch", "skd"):  # teacher log-probs come from generation: no extra teacher pass at all
@@ -134,6 +187,42 @@ def test_eval_command_scores_the_saved_student(zero2_run, dolly_file, tmp_path, 
     result = json.loads(out.read_text())
     assert result["student"] == report["student_dir"] and result["samples"] == 2
     assert result["teacher_nll"] > 0 and 0 <= result["rouge_l"] <= 100 and result["by_length"]
+    assert result["kl"] > 0 and result["kl_references"] == 2 and 0 <= result["repetition"] <= 1 and len(result["per_prompt"]) == 2
+    # The same student and references as the distill run's "after": the same KL.
+    assert result["kl"] == pytest.approx(report["after"]["kl"], abs=1e-3)
+
+
+@pytest.mark.timeout(300)
+def test_eval_on_a_prompt_file_writes_and_reuses_cached_teacher_references(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STUDYHALL_CACHE", str(tmp_path / "cache"))  # the driver picks the references' path
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": q}) + "\n" for i, (q, _) in enumerate(ANSWERS[:3])))
+
+    def run(out):
+        code = main(["eval", "student", "--preset", "tiny", "--prompts", str(prompts), "--out", str(out), "max_new_tokens=12"])
+        assert code == 0
+        return json.loads(out.read_text())
+
+    first = run(tmp_path / "first.json")
+    assert first["prompts"] == 3 and first["samples"] == 3 and first["kl_references"] == 3
+    assert set(first["per_prompt"]) == {"q0", "q1", "q2"}
+    assert "references teacher-written" in first["data"]
+    assert first["metrics"]["kl"] == "full-vocabulary KL(teacher||student), nats/token, on 3 held-out references"
+    printed = capsys.readouterr().out
+    assert '"kl":' in printed and '"per_prompt"' not in printed  # per-prompt values go to the file only
+    cached = list((tmp_path / "cache" / "references").glob("*.json"))
+    assert len(cached) == 1
+    texts = json.loads(cached[0].read_text())
+    assert set(texts) == {"q0", "q1", "q2"}
+
+    # A second run reads the cache: change one cached reference and only that prompt's KL moves.
+    texts["q1"] = "Bees make honey."
+    cached[0].write_text(json.dumps(texts))
+    second = run(tmp_path / "second.json")
+    assert json.loads(cached[0].read_text())["q1"] == "Bees make honey."
+    for pid in ("q0", "q2"):  # the same text; only the padding of the shared forward may differ
+        assert second["per_prompt"][pid]["kl"] == pytest.approx(first["per_prompt"][pid]["kl"], abs=2e-4)
+    assert abs(second["per_prompt"]["q1"]["kl"] - first["per_prompt"]["q1"]["kl"]) > 1e-2
 
 
 @pytest.mark.timeout(240)

@@ -51,3 +51,22 @@ def test_prompt_longer_than_context_names_the_example(tmp_path, capsys):
                     + json.dumps({"prompt": "short", "response": "y"}) + "\n")
     code, err = _run(capsys, "--data", str(path), "--out", str(tmp_path / "o"))
     assert code == 2 and "'huge'" in err and "context" in err
+
+
+def _eval(capsys, *args):
+    code = main(["eval", "student", "--preset", "tiny", *args])
+    return code, capsys.readouterr().err
+
+
+def test_eval_prompt_file_errors_are_one_line(tmp_path, capsys, good_file):
+    missing = tmp_path / "nope.jsonl"
+    code, err = _eval(capsys, "--prompts", str(missing))
+    assert code == 2 and str(missing) in err and "not found" in err and len(err.strip().splitlines()) == 1
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps({"prompt": 3}) + "\n")
+    code, err = _eval(capsys, "--prompts", str(bad))
+    assert code == 2 and str(bad) in err and "line 2" in err and "'prompt'" in err and "Traceback" not in err
+
+    code, err = _eval(capsys, "--prompts", str(good_file), "--data", str(good_file))
+    assert code == 2 and "--prompts" in err and "--data" in err and "give one" in err

@@ -1,12 +1,15 @@
-"""The distill report: report.json round-trips, report.md carries the numbers, the PNGs are real images."""
+"""The distill report: report.json round-trips, report.md carries the numbers with their intervals,
+the PNGs are real images; the quality benchmark's table."""
 import json
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
 
-from train.report import write_quality_table, write_report
-from train.scoring import summarize
+from cluster.bench.quality import _row
+from train.bootstrap import compare
+from train.report import headline, write_quality_table, write_report
+from train.scoring import labels, summarize
 
 
 def sample(reference_tokens, prediction, logprobs):
@@ -14,14 +17,22 @@ def sample(reference_tokens, prediction, logprobs):
             "reference_tokens": reference_tokens, "teacher_logprob": logprobs}
 
 
+def kl(reference_tokens, tokens, kl_sum, top1):
+    return {"prompt_id": f"p{reference_tokens}", "reference_tokens": reference_tokens, "tokens": tokens, "kl_sum": kl_sum, "top1": top1}
+
+
 def make_report(method="switch", shares=None, curve=True):
-    before = summarize([sample(5, "a slow dog", [-3.0, -3.5]), sample(70, "the fox", [-2.0, -2.5, -3.0])])
-    after = summarize([sample(5, "the quick fox", [-1.0, -1.5]), sample(70, "the quick brown fox", [-0.5, -1.0, -1.5])])
+    before = summarize([sample(5, "a slow dog", [-3.0, -3.5]), sample(70, "the fox the fox the fox", [-2.0, -2.5, -3.0])],
+                       [kl(5, 4, 8.0, 1), kl(70, 16, 40.0, 4)])
+    after = summarize([sample(5, "the quick fox", [-1.0, -1.5]), sample(70, "the quick brown fox", [-0.5, -1.0, -1.5])],
+                      [kl(5, 4, 4.0, 2), kl(70, 16, 16.0, 8)])
     return {
         "method": method, "preset": "tiny", "steps": 12, "tokens_per_s": 345.678, "seconds": 61.25,
         "data": {"source": "embedded prompt set", "train_examples": 288, "val_examples": 32,
                  "references": "teacher-written (SmolLM2-135M-Instruct), cached"},
-        "before": before, "after": after,
+        "before": before, "after": after, "difference": compare(before, after), "metrics": labels(after),
+        "val_kl_to_teacher": {"label": "top-20 + rest-bucket KL(teacher||student), nats/token, from the trainer: a lower bound of the "
+                                       "full-vocabulary KL", "start": {"step": 0, "kl": 1.5}, "end": {"step": 12, "kl": 0.75}},
         "loss_curve": [{"step": i, "loss": 4.0 / i, "lr": 1e-4 * min(1.0, i / 4)} for i in range(1, 13)] if curve else [],
         "intervention_by_position": {"16-31": 0.42, "0-7": 0.05, "8-15": 0.2} if shares is None else shares,
         "staleness_steps": {"mean": 0.75, "max": 2},
@@ -45,13 +56,28 @@ def test_report_files_numbers_and_plots(tmp_path):
     for path in paths["plots"].values():
         assert_png(path)
     md = Path(paths["md"]).read_text()
-    before, after = report["before"], report["after"]
+    before, after, diff = report["before"], report["after"], report["difference"]["all"]
     assert before["rouge_l"] < after["rouge_l"] and after["teacher_nll"] < before["teacher_nll"]
-    overall = (f"| all | 2 | {before['rouge_l']:.2f} | {after['rouge_l']:.2f} | {after['rouge_l'] - before['rouge_l']:+.2f} "
-               f"| {before['teacher_nll']:.3f} | {after['teacher_nll']:.3f} | {after['teacher_nll'] - before['teacher_nll']:+.3f} |")
-    assert overall in md
-    assert "| 0-15 tokens | 1 | 0.00 | 75.00 | +75.00 | 3.250 | 1.250 | -2.000 |" in md
-    assert "| 64+ tokens |" in md and md.index("| 0-15 tokens |") < md.index("| 64+ tokens |")
+    # Overall: each metric before, after, and the difference with its interval.
+    rouge = diff["rouge_l"]
+    assert (f"| ROUGE-L (0-100) of the student's samples against the references | higher | {before['rouge_l']:.2f} | {after['rouge_l']:.2f} "
+            f"| {after['rouge_l'] - before['rouge_l']:+.2f} [{rouge['low']:+.2f}, {rouge['high']:+.2f}] |") in md
+    # KL by hand: (8 + 40) / 20 = 2.4 -> (4 + 16) / 20 = 1.0; top-1 5/20 -> 10/20. Repetition of
+    # "the fox the fox the fox": 3-grams tfx ftf tfx ftf: 2 of 4 repeat; over two samples 0.25 -> 0.
+    assert before["kl"] == 2.4 and after["kl"] == 1.0 and before["top1_agreement"] == 0.25 and after["top1_agreement"] == 0.5
+    assert before["repetition"] == 0.25 and after["repetition"] == 0.0
+    assert (f"| full-vocabulary KL(teacher||student), nats/token, on 2 held-out references | lower | 2.400 | 1.000 "
+            f"| -1.400 [{diff['kl']['low']:+.3f}, {diff['kl']['high']:+.3f}] |") in md
+    assert "| repetition: share of a sample's word 3-grams that already occurred earlier in it | lower | 0.250 | 0.000 | -0.250 [" in md
+    assert "| top-1 agreement with the teacher on the same 2 held-out references | higher | 0.250 | 0.500 | +0.250 [" in md
+    assert "2 student samples on 2 held-out prompts" in md and "paired bootstrap over prompts (2000 resamples, seed 0)" in md
+    # By reference length: one prompt per bucket, so each interval is the single prompt's difference.
+    assert ("| 0-15 tokens | 1 | 0.00 → 75.00 (+75.00 [+75.00, +75.00]) | 3.250 → 1.250 (-2.000 [-2.000, -2.000]) "
+            "| 0.000 → 0.000 (+0.000 [+0.000, +0.000]) | 2.000 → 1.000 (-1.000 [-1.000, -1.000]) |") in md
+    assert "| 64+ tokens | 1 | " in md and "| 0.500 → 0.000 (-0.500 [-0.500, -0.500]) | 2.500 → 1.000 (-1.500 [-1.500, -1.500]) |" in md
+    assert md.index("| 0-15 tokens |") < md.index("| 64+ tokens |")
+    assert "**Top-k lower bound of the held-out KL(teacher || student)** (top-20 + rest-bucket" in md
+    assert "1.500 at step 0 to 0.750 at step 12" in md
     for text in ["switch", "12 steps", "345.7 tokens/s", "embedded prompt set", "288 training and 32 held-out",
                  "teacher-written (SmolLM2-135M-Instruct), cached", "/tmp/out/student", "mean 0.75 steps, max 2 steps",
                  "reused_positions: 960", "0-7: 5.0%, 8-15: 20.0%, 16-31: 42.0%", "4.0000 at step 1 to 0.3333 at step 12",
@@ -69,14 +95,33 @@ def test_methods_without_interventions_still_get_every_plot(tmp_path, method):
 
 
 def test_quality_table(tmp_path):
-    rows = [
-        {"method": "sft", "rouge_l": 21.5, "teacher_nll": 2.71828, "rouge_l_longest": 12.25, "teacher_nll_longest": 3.1,
-         "longest_bucket": "64+", "tokens_per_s": 410.26, "steps": 40, "train_tokens": 20480},
-        {"method": "switch", "rouge_l": 24.0, "teacher_nll": 2.5, "rouge_l_longest": None, "teacher_nll_longest": None,
-         "longest_bucket": "64+", "tokens_per_s": 180.0, "steps": 40, "train_tokens": 20480},
-    ]
+    report = make_report()
+    report.update(method="switch", steps=40, train_tokens=20480, tokens_per_s=180.04)
+    rows = [_row("(student before training)", report["before"], None), _row("switch", report["after"], report)]
+    assert rows[1]["longest_bucket"] == "64+"
+    assert rows[1]["all"]["kl"] == {"value": 1.0, **{k: report["difference"]["all"]["kl"][k] for k in ("diff", "low", "high")}}
     path = write_quality_table(tmp_path / "bench" / "quality.md", rows)
     lines = Path(path).read_text().splitlines()
-    assert lines[0].startswith("| Method | ROUGE-L | Teacher NLL |")
-    assert lines[2] == "| sft | 21.50 | 2.718 | 64+ | 12.25 | 3.100 | 410.3 | 40 | 20480 |"
-    assert lines[3] == "| switch | 24.00 | 2.500 | 64+ | - | - | 180.0 | 40 | 20480 |"
+    assert lines[0] == ("| Method | ROUGE-L | Teacher NLL | Repetition | KL (full vocab) | Top-1 | Longest bucket | ROUGE-L (longest) "
+                        "| Teacher NLL (longest) | Repetition (longest) | Tokens/s | Steps | Train tokens |")
+    b = report["before"]
+    assert lines[2] == (f"| (student before training) | {b['rouge_l']:.2f} | 2.800 | 0.250 | 2.400 | 0.250 | 64+ | 36.36 | 2.500 | 0.500 "
+                        "| - | 0 | 0 |")
+    d = report["difference"]["all"]
+    assert lines[3].startswith(f"| switch | {report['after']['rouge_l']:.2f} ({d['rouge_l']['diff']:+.2f} [{d['rouge_l']['low']:+.2f}, "
+                               f"{d['rouge_l']['high']:+.2f}]) | 1.100 (-1.700 [")
+    assert (f"| 1.000 (-1.400 [{d['kl']['low']:+.3f}, {d['kl']['high']:+.3f}]) | 0.500 (+0.250 [" in lines[3])
+    # The longest bucket holds one prompt: its interval is that prompt's difference.
+    assert lines[3].endswith("| 64+ | 88.89 (+52.53 [+52.53, +52.53]) | 1.000 (-1.500 [-1.500, -1.500]) | 0.000 (-0.500 [-0.500, -0.500]) "
+                             "| 180.0 | 40 | 20480 |")
+    assert "95% interval of the difference" in Path(path).read_text()
+
+
+def test_headline_has_every_figure_with_its_interval():
+    report = make_report()
+    line = headline(report["before"], report["after"], report["difference"])
+    kl = report["difference"]["all"]["kl"]
+    assert line.startswith("ROUGE-L 18.18 -> 81.94 [")
+    assert f"full-vocab KL 2.400 -> 1.000 [{kl['low']:+.3f}, {kl['high']:+.3f}]" in line
+    assert "teacher NLL 2.800 -> 1.100 [" in line and "repetition 0.250 -> 0.000 [" in line and "top-1 0.250 -> 0.500 [" in line
+    assert headline(report["before"]) == "ROUGE-L 18.18, teacher NLL 2.800, repetition 0.250, full-vocab KL 2.400, top-1 0.250"
