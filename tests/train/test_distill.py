@@ -188,8 +188,9 @@ def test_eval_command_scores_the_saved_student(zero2_run, dolly_file, tmp_path, 
     assert result["student"] == report["student_dir"] and result["samples"] == 2
     assert result["teacher_nll"] > 0 and 0 <= result["rouge_l"] <= 100 and result["by_length"]
     assert result["kl"] > 0 and result["kl_references"] == 2 and 0 <= result["repetition"] <= 1 and len(result["per_prompt"]) == 2
-    # The same student and references as the distill run's "after": the same KL.
-    assert result["kl"] == pytest.approx(report["after"]["kl"], abs=1e-3)
+    # The saved student's own KL on the held-out references (the resume test may have saved a later one).
+    expected = _full_vocab_kl(report["student_dir"], dolly_file, _cfg(dolly_file))
+    assert {pid: p["kl"] for pid, p in result["per_prompt"].items()} == pytest.approx({pid: e["kl"] for pid, e in expected.items()}, abs=2e-4)
 
 
 @pytest.mark.timeout(300)
