@@ -148,9 +148,14 @@ def _overall_table(before: dict, after: dict, difference: dict) -> list[str]:
         if before.get(m) is None and after.get(m) is None:
             continue
         entry = (difference.get("all") or {}).get(m)
-        lines.append(f"| {names[m]} | {BETTER[m]} | {_num(before.get(m), DIGITS[m])} | {_num(after.get(m), DIGITS[m])} "
+        lines.append(f"| {_cell_text(names[m])} | {BETTER[m]} | {_num(before.get(m), DIGITS[m])} | {_num(after.get(m), DIGITS[m])} "
                      f"| {_interval(entry, DIGITS[m]) if entry else _delta(before.get(m), after.get(m), DIGITS[m])} |")
     return lines
+
+
+def _cell_text(text: str) -> str:
+    """Text for a Markdown table cell: a bare | would end the cell ("KL(teacher||student)")."""
+    return text.replace("|", "\\|")
 
 
 def _quality_table(before: dict, after: dict, difference: dict) -> list[str]:
@@ -269,6 +274,6 @@ def _held_out_kl(kl: dict) -> str:
     """The trainer's KL to the teacher on the held-out references over the teacher's top-k + a rest
     bucket, at the first and last step: a lower bound of the full-vocabulary KL above."""
     if "start" not in kl or "end" not in kl:
-        return "- **Top-k lower bound of the held-out KL(teacher || student):** not measured"
-    return (f"- **Top-k lower bound of the held-out KL(teacher || student)** ({kl.get('label') or 'top-k + rest buckets'}): "
+        return "- **Held-out KL (top-k lower bound):** not measured"
+    return (f"- **Held-out KL (top-k lower bound):** {kl.get('label') or 'top-k + rest-bucket KL(teacher||student)'}: "
             f"{_num(kl['start']['kl'], 3)} at step {kl['start']['step']} to {_num(kl['end']['kl'], 3)} at step {kl['end']['step']}")

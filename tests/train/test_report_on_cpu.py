@@ -66,7 +66,8 @@ def test_report_files_numbers_and_plots(tmp_path):
     # "the fox the fox the fox": 3-grams tfx ftf tfx ftf: 2 of 4 repeat; over two samples 0.25 -> 0.
     assert before["kl"] == 2.4 and after["kl"] == 1.0 and before["top1_agreement"] == 0.25 and after["top1_agreement"] == 0.5
     assert before["repetition"] == 0.25 and after["repetition"] == 0.0
-    assert (f"| full-vocabulary KL(teacher||student), nats/token, on 2 held-out references | lower | 2.400 | 1.000 "
+    # The label's pipes are escaped, or they would split the Markdown cell.
+    assert (f"| full-vocabulary KL(teacher\\|\\|student), nats/token, on 2 held-out references | lower | 2.400 | 1.000 "
             f"| -1.400 [{diff['kl']['low']:+.3f}, {diff['kl']['high']:+.3f}] |") in md
     assert "| repetition: share of a sample's word 3-grams that already occurred earlier in it | lower | 0.250 | 0.000 | -0.250 [" in md
     assert "| top-1 agreement with the teacher on the same 2 held-out references | higher | 0.250 | 0.500 | +0.250 [" in md
@@ -76,7 +77,7 @@ def test_report_files_numbers_and_plots(tmp_path):
             "| 0.000 → 0.000 (+0.000 [+0.000, +0.000]) | 2.000 → 1.000 (-1.000 [-1.000, -1.000]) |") in md
     assert "| 64+ tokens | 1 | " in md and "| 0.500 → 0.000 (-0.500 [-0.500, -0.500]) | 2.500 → 1.000 (-1.500 [-1.500, -1.500]) |" in md
     assert md.index("| 0-15 tokens |") < md.index("| 64+ tokens |")
-    assert "**Top-k lower bound of the held-out KL(teacher || student)** (top-20 + rest-bucket" in md
+    assert "- **Held-out KL (top-k lower bound):** top-20 + rest-bucket KL(teacher||student), nats/token, from the trainer: a lower bound" in md
     assert "1.500 at step 0 to 0.750 at step 12" in md
     for text in ["switch", "12 steps", "345.7 tokens/s", "embedded prompt set", "288 training and 32 held-out",
                  "teacher-written (SmolLM2-135M-Instruct), cached", "/tmp/out/student", "mean 0.75 steps, max 2 steps",
