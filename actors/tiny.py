@@ -12,7 +12,7 @@ or nowhere.)
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from actors.slicing import keep_layers
+from actors.pruning import prune_to
 
 SEED = 1234
 TEACHER_LAYERS = 8
@@ -63,7 +63,7 @@ def build_tiny(role: str, tokenizer, dtype: torch.dtype) -> LlamaForCausalLM:
                 layer.self_attn.o_proj.weight.mul_(TEACHER_ONLY_SCALE)
                 layer.mlp.down_proj.weight.mul_(TEACHER_ONLY_SCALE)
     if role == "student":
-        keep_layers(model, STUDENT_LAYERS)
+        prune_to(model, STUDENT_LAYERS)
     return model.to(dtype)
 
 
