@@ -73,6 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     eg.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
     eg.add_argument("--prompts", type=int, default=None, help="held-out prompts: the last N embedded ones (default 32)")
     eg.add_argument("overrides", nargs="*")
+    pr = sub.add_parser("prune", help="make a shallower student: keep N decoder layers, chosen on calibration text")
+    pr.add_argument("--model", required=True, help="a local HF folder, a hub id, embedded:teacher or tiny:teacher")
+    pr.add_argument("--layers", type=int, required=True, help="decoder layers to keep")
+    pr.add_argument("--out", required=True, help="new folder: the pruned HF model, prune.json and prune.png")
+    pr.add_argument("--method", default="block_influence",
+                    help="block_influence (ShortGPT: keep the layers that change the hidden state most) | angular "
+                         "(Gromov et al.: drop the contiguous block whose ends are most alike)")
+    pr.add_argument("--data", default=None, help="calibration prompts (Dolly, Alpaca, chat or prompt rows); their reference "
+                                                 "answers where present, else the model's own (default: the embedded prompts)")
+    pr.add_argument("--samples", type=int, default=16, help="calibration prompts: the first K")
+
     cl = sub.add_parser("cluster", help="Ray cluster launcher configs")
     cluster_sub = cl.add_subparsers(dest="cluster", required=True)
     check = cluster_sub.add_parser("check", help="validate a `ray up` YAML offline, with Ray's own schema check")
@@ -100,6 +111,8 @@ def main(argv=None) -> int:
             return _distill(args)
         if args.command == "eval" and args.eval_target in (None, "student"):
             return _evaluate(args)
+        if args.command == "prune":
+            return _prune(args)
         if args.command == "cluster" and args.cluster == "check":
             from cluster.cluster_yaml import check_cluster_yaml
 
@@ -182,6 +195,16 @@ def _evaluate(args) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
+    return 0
+
+
+def _prune(args) -> int:
+    from cluster.prune import run_prune
+
+    record = run_prune(args.model, args.layers, args.out, args.method, args.data, args.samples)
+    print(f"kept {len(record['kept_layers'])} of {record['layers_before']} layers by {record['method']}: "
+          f"{', '.join(map(str, record['kept_layers']))}")
+    print(f"wrote {args.out}: the pruned model, prune.json, prune.png")
     return 0
 
 
