@@ -142,14 +142,19 @@ def _overall_table(before: dict, after: dict, difference: dict) -> list[str]:
     intro = (f"{after.get('samples', before.get('samples', '-'))} student samples on {len(after.get('per_prompt') or before.get('per_prompt') or {})} "
              f"held-out prompts. Δ = after - before, with the {round(100 * boot['level'])}% interval of the difference from a paired "
              f"bootstrap over prompts ({boot['resamples']} resamples, seed {boot['seed']})." if boot else "No before/after intervals recorded.")
-    lines = [intro, "", "| Metric | Better | Before | After | Δ [95% interval] |", "|---|---|---:|---:|---|"]
+    lines = [intro, "", "| Metric | Better | Before | After | Δ [95% interval] | References |", "|---|---|---:|---:|---|---:|"]
     names = labels(after or before)
+    references = after.get("references") or before.get("references") or {}
     for m in METRICS:
         if before.get(m) is None and after.get(m) is None:
             continue
         entry = (difference.get("all") or {}).get(m)
         lines.append(f"| {_cell_text(names[m])} | {BETTER[m]} | {_num(before.get(m), DIGITS[m])} | {_num(after.get(m), DIGITS[m])} "
-                     f"| {_interval(entry, DIGITS[m]) if entry else _delta(before.get(m), after.get(m), DIGITS[m])} |")
+                     f"| {_interval(entry, DIGITS[m]) if entry else _delta(before.get(m), after.get(m), DIGITS[m])} "
+                     f"| {_num(references.get(m), DIGITS[m]) if references.get(m) is not None else '-'} |")
+    if references:
+        lines += ["", "References: the same metric of the held-out references themselves (the teacher's answers, or the "
+                  "data's), where it applies: how much a good answer repeats itself."]
     return lines
 
 

@@ -128,9 +128,21 @@ def summarize(samples: list[dict], heldout: list[dict] = (), edges=EDGES) -> dic
         p["bucket"] = length_bucket(p["reference_tokens"], edges)
         groups.setdefault(p["bucket"], []).append(p)
     return {**_stats(list(prompts.values())),
+            "references": reference_text_stats({s["prompt_id"]: s["reference"] for s in samples}),
             "by_length": {bucket: _stats(groups[bucket]) for bucket in sorted(groups, key=bucket_start)},
             "per_prompt": {pid: {"bucket": p["bucket"], "reference_tokens": p["reference_tokens"], **_stats([p])}
                            for pid, p in prompts.items()}}
+
+
+def reference_text_stats(references: dict[str, str]) -> dict:
+    """Repetition and distinct-2 of the references themselves, one per prompt: the yardstick for the
+    student's. A student that writes nothing coherent repeats nothing, so its repetition can only
+    rise as it learns to write; the references say how much a good answer repeats."""
+    texts = list(references.values())
+    if not texts:
+        return {"repetition": None, "distinct_2": None}
+    return {"repetition": round(sum(map(repetition, texts)) / len(texts), 4) + 0.0,
+            "distinct_2": round(sum(map(distinct_2, texts)) / len(texts), 4) + 0.0}
 
 
 def labels(summary: dict) -> dict:

@@ -3,7 +3,7 @@ hand, length buckets, token-weighted NLL and KL, per-prompt values."""
 import pytest
 from rouge_score import rouge_scorer
 
-from train.scoring import distinct_2, labels, length_bucket, repetition, rouge_l, summarize, words
+from train.scoring import distinct_2, labels, length_bucket, reference_text_stats, repetition, rouge_l, summarize, words
 
 
 def test_rouge_l_known_cases():
@@ -122,4 +122,15 @@ def test_summarize_orders_buckets_numerically_and_handles_nothing():
     assert list(s["by_length"]) == ["0-7", "8-15", "16+"]
     assert summarize([]) == {"rouge_l": None, "teacher_nll": None, "repetition": None, "distinct_2": None, "kl": None,
                              "top1_agreement": None, "samples": 0, "tokens": 0, "kl_tokens": 0, "kl_references": 0,
-                             "by_length": {}, "per_prompt": {}}
+                             "references": {"repetition": None, "distinct_2": None}, "by_length": {}, "per_prompt": {}}
+
+
+def test_reference_text_stats_are_the_references_own_repetition_and_distinct_2():
+    # "a b c a b c" -> words a b c a b c: 3-grams abc bca cab abc, one repeat of 4 -> 0.25;
+    # bigrams ab bc ca ab bc: 3 distinct of 5 -> 0.6. "x y" has no 3-gram (0.0) and 1 of 1 distinct bigram.
+    stats = reference_text_stats({"p1": "a b c a b c", "p2": "x y"})
+    assert stats == {"repetition": 0.125, "distinct_2": 0.8}
+    assert reference_text_stats({}) == {"repetition": None, "distinct_2": None}
+    summary = summarize([{"prompt_id": "p1", "prediction": "a b c", "reference": "a b c a b c", "reference_tokens": 6,
+                          "teacher_logprob": [-1.0]}])
+    assert summary["references"] == {"repetition": 0.25, "distinct_2": 0.6}
