@@ -12,9 +12,10 @@ from pathlib import Path
 
 import ray
 
+from actors.models import eos_ids
 from actors.pair import start_pair
 from actors.switch_controller import SwitchController
-from cluster.generate import eos_ids, prepare
+from cluster.generate import prepare
 from studyhall.config import load_config
 
 TARGETS = {"low_point": 0.10, "paper_point": 0.50}
