@@ -18,6 +18,7 @@ from studyhall.config import ConfigError
 
 def check_cluster_yaml(path) -> dict:
     """The prepared launcher config; ConfigError with Ray's message, on one line, when Ray rejects it."""
+    # Deferred: Ray's autoscaler (and its click/jsonschema) load only for `studyhall cluster check`.
     import click
     import jsonschema
     from ray.autoscaler._private.util import prepare_config, validate_config

@@ -68,6 +68,6 @@ def format_summary(summary: dict) -> str:
 
 
 if __name__ == "__main__":
-    from cluster.cli import main
+    from cluster.cli import main  # run as a job entrypoint: the CLI parses the arguments
 
     sys.exit(main(["generate", *sys.argv[1:]]))

@@ -319,6 +319,7 @@ def _autoscaling_error(raw: dict) -> str | None:
     """Serve's own validation of an autoscaling_config, as one line (None when valid or unset)."""
     if not raw:
         return None
+    # Deferred: the floor imports no Ray; Serve's own autoscaling check loads only when one is configured.
     from pydantic import ValidationError
     from ray.serve.config import AutoscalingConfig
 

@@ -49,7 +49,7 @@ def read_jsonl(path: str | Path, what: str = "data file") -> list[tuple[int, dic
 
 def load_quietly(builder: str, path: Path):
     """datasets.load_dataset without progress bars or log lines: its failures are reported by the caller."""
-    import datasets
+    import datasets  # deferred: ~2 s to import, and config checks that read no data file should not pay it
 
     datasets.disable_progress_bars()
     verbosity = datasets.logging.get_verbosity()

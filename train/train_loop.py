@@ -64,7 +64,7 @@ def skip_shm_build(deepspeed) -> None:
 
 def full_state_dict(engine, zero_stage: int) -> dict:
     """The whole model's weights on CPU; under ZeRO-3 every rank must join the gather."""
-    import deepspeed
+    import deepspeed  # the worker set DS_ACCELERATOR before DeepSpeed's first import (train_loop_per_worker)
 
     model = engine.module
     gathered = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None) if zero_stage == 3
