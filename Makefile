@@ -3,6 +3,8 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 TORCH ?= torch==2.13.0
 # `make lock` resolves against this torch build (not emitted: TORCH installs it) and these extra wheel folders.
+# Where no CPU wheel lies in a find-links folder, `make lock LOCK_TORCH=torch==2.13.0` resolves against
+# PyPI's CUDA build, and the lock then also pins its nvidia-* wheels.
 LOCK_TORCH ?= torch==2.13.0+cpu
 FIND_LINKS ?= $(shell pip config get global.find-links 2>/dev/null)
 export HF_HUB_OFFLINE ?= 1
