@@ -42,15 +42,23 @@ class LMWorker:
         self.configure(switch)
 
     def load(self) -> dict:
-        self.model = load_model(self.spec, self.device)
-        return self.info()
+        """Load the model once; "fresh" says whether this call did (after a restart it must again)."""
+        fresh = not hasattr(self, "model")
+        if fresh:
+            self.model = load_model(self.spec, self.device)
+        return {**self.info(), "fresh": fresh}
 
     def configure(self, switch: SwitchConfig) -> None:
         """New generation settings (and seed) for the next run; drops any batch in flight."""
         self.switch = switch
+        self.reset()
+        self.generator = torch.Generator(self.device).manual_seed(switch.seed * 10 + ROLE_SEED_OFFSET.get(self.role, 0))
+
+    def reset(self) -> None:
+        """Drop every batch: after the other actor restarted, the controller rebuilds both from the
+        committed tokens."""
         self.batches: dict[int, CachedBatch] = {}  # one per pipeline group
         self.round_start: dict[int, torch.Tensor] = {}
-        self.generator = torch.Generator(self.device).manual_seed(switch.seed * 10 + ROLE_SEED_OFFSET.get(self.role, 0))
 
     # Every per-group call takes `commit`: the scorer's result of this group's last round when this
     # actor drafted it. Folding the commit into the next call keeps the actor free to work on the

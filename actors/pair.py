@@ -117,8 +117,11 @@ def start_pair(cfg: Config):
     for index, (role, cls) in enumerate((("teacher", TeacherActor), ("student", StudentActor))):
         spec = getattr(cfg, role)
         strategy = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)
+        # Ray restarts a lost actor in its bundle; its tasks are not retried (they change the actor's
+        # batches): the SWITCH controller rebuilds the batches instead (actors/revival.py).
         actors[role] = cls.options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, resources=dict(spec.resources),
-                                   scheduling_strategy=strategy).remote(spec, cfg.switch)
+                                   scheduling_strategy=strategy, max_restarts=cfg.max_restarts,
+                                   max_task_retries=0).remote(spec, cfg.switch)
     _release_with_handles(pg, list(actors.values()))
     ray.get([actor.load.remote() for actor in actors.values()])
     return actors["teacher"], actors["student"]

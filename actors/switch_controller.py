@@ -3,6 +3,10 @@
 Each round one model drafts a block for every live sequence and the other scores it (see
 lm_worker.py). Which model drafts follows who has owned recent positions, and the block length
 follows recent run lengths. Finished sequences leave the batch and queued prompts take their place.
+
+The controller's sequences are the truth; the actors' KV batches are a cache of them. When an actor
+dies mid-round (and a `Revival` is given), the rounds in flight are dropped unrecorded, and both
+actors' batches are rebuilt from each live sequence's committed tokens (actors/revival.py).
 """
 import math
 import time
@@ -12,7 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 import torch
+from ray.exceptions import RayActorError
 
+from actors.revival import Revival
 from studyhall.config import SwitchConfig
 from studyhall.distill_math import thresholds
 
@@ -51,6 +57,8 @@ class RunStats:
     seconds: float = 0.0
     position_tokens: dict = field(default_factory=dict)  # bucket -> tokens
     position_teacher: dict = field(default_factory=dict)  # bucket -> teacher tokens
+    restarts: dict = field(default_factory=dict)  # role -> actor restarts survived in this run
+    restart_seconds: float = 0.0
 
     def add(self, seq: Sequence) -> None:
         self.sequences += 1
@@ -73,6 +81,8 @@ class RunStats:
             "teacher_calls_per_token": round(self.teacher_calls / max(self.tokens, 1), 4),
             "rounds": self.rounds,
             "seconds": round(self.seconds, 2),
+            "restarts": dict(self.restarts),
+            "restart_seconds": round(self.restart_seconds, 2),
         }
 
 
@@ -94,8 +104,10 @@ class Group:
 
 
 class SwitchController:
-    def __init__(self, teacher, student, switch: SwitchConfig, eos_ids: set[int]):
+    def __init__(self, teacher, student, switch: SwitchConfig, eos_ids: set[int], revival: Revival | None = None):
+        """Without a `revival`, an actor's death ends the run (the error propagates)."""
         self.actors = {"teacher": teacher, "student": student}
+        self.revival = revival
         self.cfg = switch
         self.eos_ids = set(eos_ids)
         self.gamma = {"teacher": switch.gamma, "student": switch.gamma}
@@ -107,6 +119,7 @@ class SwitchController:
         `on_finish(sequence)` is called as each sequence ends, so callers can write it at once.
         """
         stats, started = RunStats(), time.perf_counter()
+        restarts_before, restart_seconds_before = self._restarts()
         queue = deque(items)
         groups = [Group(i) for i in range(self.cfg.pipeline_groups)]
         for group in groups:
@@ -116,7 +129,13 @@ class SwitchController:
             flying = {g.in_flight: g for g in groups if g.in_flight}
             ready, _ = ray.wait(list(flying), num_returns=1)
             group = flying[ready[0]]
-            result = ray.get(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except RayActorError:
+                if self.revival is None:
+                    raise
+                self._rebuild(groups)
+                continue
             stats.rounds += 1
             self._adapt(group.drafter, result)
             finished = self._record(group.live, result)
@@ -132,7 +151,28 @@ class SwitchController:
                 self._admit(group, queue)
             self._launch(group)
         stats.seconds = time.perf_counter() - started
+        restarts_after, restart_seconds_after = self._restarts()
+        stats.restarts = {role: n - restarts_before[role] for role, n in restarts_after.items()}
+        stats.restart_seconds = restart_seconds_after - restart_seconds_before
         return stats
+
+    def _restarts(self) -> tuple[dict, float]:
+        if self.revival is None:
+            return {role: 0 for role in self.actors}, 0.0
+        return dict(self.revival.restarts), self.revival.seconds
+
+    def _rebuild(self, groups: list) -> None:
+        """An actor died: once both answer again, drop every round in flight (none of its tokens was
+        appended), rebuild each group's batch on both actors from the sequences' committed tokens
+        (prompt + answer so far; the last one becomes pending, as after a commit), and launch again."""
+        self.revival.revive(self.cfg)
+        for group in groups:
+            group.in_flight, group.uncommitted = None, None
+            if group.live:
+                committed = [seq.prompt_token_ids + seq.token_ids for seq in group.live]
+                for actor in self.actors.values():
+                    actor.extend.remote(group.id, committed)
+            self._launch(group)
 
     def _take_commit(self, group: Group, role: str):
         """The result ref `role` must apply before its next call for this group, if any."""

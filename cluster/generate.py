@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from actors.models import eos_ids
 from actors.pair import check_pair, start_pair
+from actors.revival import ActorLost, Revival
 from actors.switch_controller import SwitchController
 from studyhall.config import Config
 from studyhall.prompts import EMBEDDED_PROMPTS, load_prompts
@@ -36,7 +37,8 @@ def generate(cfg: Config, prompts_path, out_path, limit=None, progress=True, act
         ray.get([teacher.configure.remote(cfg.switch), student.configure.remote(cfg.switch)])
     else:
         teacher, student = start_pair(cfg)
-    controller = SwitchController(teacher, student, cfg.switch, eos_ids(tokenizer, cfg.teacher.path))
+    revival = Revival.for_pair(teacher, student, cfg)  # a lost actor is restarted and the run goes on
+    controller = SwitchController(teacher, student, cfg.switch, eos_ids(tokenizer, cfg.teacher.path), revival)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -51,9 +53,10 @@ def generate(cfg: Config, prompts_path, out_path, limit=None, progress=True, act
 
         try:
             stats = controller.run(items, on_finish=write)
-        except (ray.exceptions.RayError, KeyboardInterrupt) as err:
-            raise GenerationFailed(f"generation stopped ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
-                                   f"the {written} finished sequences are kept in {out_path}") from None
+        except (ActorLost, ray.exceptions.RayError, KeyboardInterrupt) as err:
+            why = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise GenerationFailed(f"generation stopped ({type(err).__name__}: {why}); the {written} finished sequences are "
+                                   f"kept in {out_path}; {len(items) - written} prompts were not finished") from None
     return stats.summary()
 
 
@@ -64,6 +67,8 @@ def format_summary(summary: dict) -> str:
         f"teacher share {summary['teacher_share']:.1%} overall; by position:",
     ]
     lines += [f"  {bucket:>9}: {share:6.1%}" for bucket, share in summary["teacher_share_by_position"].items()]
+    if any(summary["restarts"].values()):
+        lines.append(f"actor restarts survived: {summary['restarts']}, {summary['restart_seconds']} s spent coming back")
     return "\n".join(lines)
 
 

@@ -107,6 +107,7 @@ class TrainConfig:
     torch_threads: int = 0  # CPU threads per worker; 0 = cpus_per_worker (at least 1). Generation and training take turns, so they may share cores
     push_every: int = 1  # steps between pushes of the trained weights to the generation actor
     checkpoint_every: int = 10
+    max_failures: int = 2  # Ray Train restarts of the worker group, each from the last checkpoint; 0 = none
     gkd_lambda: float = 0.5  # gkd: probability that an example is a fresh student sample
     distillm_p_init: float = 0.0  # distillm: starting probability of student samples
     distillm_p_step: float = 0.1  # ... raised by this when the validation loss rises
@@ -129,6 +130,10 @@ class Config:
     # How the teacher's and the student's bundles spread over nodes: PACK (default: one laptop works),
     # SPREAD, STRICT_PACK (one node), STRICT_SPREAD (separate nodes, e.g. a GPU node each).
     placement_strategy: str = "PACK"
+    # Fault tolerance of the SWITCH engine: Ray restarts a lost teacher or student actor up to this
+    # many times each; the run waits for it (placement and model reload) at most restart_timeout_s.
+    max_restarts: int = 3
+    restart_timeout_s: float = 300.0
     serve: ServeConfig = field(default_factory=ServeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -247,6 +252,8 @@ def validate(cfg: Config) -> None:
         (s.wire_dtype in ("float32", "float16"), f"switch.wire_dtype={s.wire_dtype!r}: choose float32 or float16"),
     ]
     checks.append((cfg.placement_timeout_s > 0, f"placement_timeout_s={cfg.placement_timeout_s}: must be > 0"))
+    checks.append((cfg.max_restarts >= 0, f"max_restarts={cfg.max_restarts}: must be >= 0"))
+    checks.append((cfg.restart_timeout_s > 0, f"restart_timeout_s={cfg.restart_timeout_s}: must be > 0"))
     checks.append((cfg.placement_strategy in PLACEMENT_STRATEGIES,
                    f"placement_strategy={cfg.placement_strategy!r}: choose one of {', '.join(PLACEMENT_STRATEGIES)}"))
     for role in ("teacher", "student"):
@@ -282,6 +289,7 @@ def _train_checks(t: TrainConfig) -> list:
         (t.zero_stage in (0, 1, 2, 3), f"train.zero_stage={t.zero_stage}: choose 0, 1, 2 or 3"),
         (t.precision in ("auto", "fp32", "bf16"), f"train.precision={t.precision!r}: choose auto, fp32 or bf16"),
         (t.cpus_per_worker >= 0 and t.gpus_per_worker >= 0, "train.cpus_per_worker and gpus_per_worker must be >= 0"),
+        (t.max_failures >= 0, f"train.max_failures={t.max_failures}: must be >= 0"),
         (t.answer_tokens >= 0, f"train.answer_tokens={t.answer_tokens}: must be >= 0 (0 = switch.max_new_tokens)"),
         (t.torch_threads >= 0, f"train.torch_threads={t.torch_threads}: must be >= 0"),
         (t.push_every >= 1 and t.checkpoint_every >= 1 and t.val_every >= 1, "train.push_every, checkpoint_every and val_every must be >= 1"),
