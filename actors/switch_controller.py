@@ -57,6 +57,7 @@ class RunStats:
     seconds: float = 0.0
     position_tokens: dict = field(default_factory=dict)  # bucket -> tokens
     position_teacher: dict = field(default_factory=dict)  # bucket -> teacher tokens
+    row_forwards: int = 0  # per live row and round: g drafting forwards + 1 scoring forward
     restarts: dict = field(default_factory=dict)  # role -> actor restarts survived in this run
     restart_seconds: float = 0.0
 
@@ -79,6 +80,9 @@ class RunStats:
             "teacher_share_by_position": by_bucket,
             "tokens_per_s": round(self.tokens / max(self.seconds, 1e-9), 2),
             "teacher_calls_per_token": round(self.teacher_calls / max(self.tokens, 1), 4),
+            # per-token SWITCH costs exactly 2 (one student, one teacher forward per token); a block
+            # pays for drafted tokens cut off at a switch, so it gains only where runs are long
+            "forwards_per_token": round(self.row_forwards / max(self.tokens, 1), 4),
             "rounds": self.rounds,
             "seconds": round(self.seconds, 2),
             "restarts": dict(self.restarts),
@@ -100,6 +104,7 @@ class Group:
     live: list = field(default_factory=list)
     in_flight: object = None  # the ObjectRef of this group's current round result
     drafter: str = ""
+    block: int = 0  # g of the round in flight
     uncommitted: tuple | None = None  # (role, result ref) the drafter has yet to apply
 
 
@@ -137,6 +142,7 @@ class SwitchController:
                 self._rebuild(groups)
                 continue
             stats.rounds += 1
+            stats.row_forwards += len(group.live) * (group.block + 1)
             self._adapt(group.drafter, result)
             finished = self._record(group.live, result)
             for seq in finished:
@@ -204,7 +210,7 @@ class SwitchController:
         draft_ref = self.actors[drafter].draft.remote(group.id, g, commit=self._take_commit(group, drafter))
         taus = self._taus(group.live, g)
         score_ref = self.actors[scorer].score.remote(group.id, draft_ref, taus, commit=self._take_commit(group, scorer))
-        group.drafter, group.in_flight, group.uncommitted = drafter, score_ref, (drafter, score_ref)
+        group.drafter, group.block, group.in_flight, group.uncommitted = drafter, g, score_ref, (drafter, score_ref)
 
     def _plan(self, live: list) -> tuple[str, int]:
         """Who drafts and how long a block: the model that owned most recent positions drafts."""

@@ -58,6 +58,7 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
             "speedup_vs_naive": round(block["tokens_per_s"] / naive["tokens_per_s"], 3),
             "teacher_calls_per_token": block["teacher_calls_per_token"],
             "naive_teacher_calls_per_token": naive["teacher_calls_per_token"],
+            "forwards_per_token": block["forwards_per_token"], "naive_forwards_per_token": naive["forwards_per_token"],
             "tokens": block["tokens"], "naive_tokens": naive["tokens"],
         }
     result.update(_bound(cfg, teacher, student, items))
