@@ -87,10 +87,10 @@ def check_resources(cfg: Config) -> None:
                           f"two different nodes, but the cluster has {len(nodes)} node(s) and no two that hold them")
 
 
-def reserve(cfg: Config) -> PlacementGroup:
+def reserve(cfg: Config, name: str = "") -> PlacementGroup:
     """A placement group with one bundle per role (teacher = bundle 0, student = bundle 1), ready."""
     bundles = [bundle(getattr(cfg, role)) for role in ROLES]
-    pg = placement_group(bundles, strategy=cfg.placement_strategy)
+    pg = placement_group(bundles, strategy=cfg.placement_strategy, name=name)
     ready, _ = ray.wait([pg.ready()], timeout=min(1.0, cfg.placement_timeout_s))
     if not ready:  # a pair its caller dropped inside a reference cycle frees its group only when collected
         gc.collect()
@@ -105,14 +105,16 @@ def reserve(cfg: Config) -> PlacementGroup:
     return pg
 
 
-def start_pair(cfg: Config):
+def start_pair(cfg: Config, name: str = ""):
     """The two actors in their placement group, with resources from config, ready (models loaded).
 
     The group lives as long as the caller holds both actor handles (as the actors themselves do);
-    `stop_pair` ends both at once.
+    `stop_pair` ends both at once. A caller that is itself an actor which may die names the group,
+    so that whoever started it can `release_group(name)`: the actors die with their owner, but a
+    placement group lives until its job ends.
     """
     check_resources(cfg)
-    pg = reserve(cfg)
+    pg = reserve(cfg, name)
     actors = {}
     for index, (role, cls) in enumerate((("teacher", TeacherActor), ("student", StudentActor))):
         spec = getattr(cfg, role)
@@ -134,6 +136,14 @@ def stop_pair(teacher, student) -> None:
     pg = _GROUPS.pop(teacher._actor_id, None)
     if pg is not None:
         remove_placement_group(pg)
+
+
+def release_group(name: str) -> None:
+    """Remove the named placement group of a pair whose owner died, if it is still there."""
+    try:
+        remove_placement_group(ray.util.get_placement_group(name))
+    except ValueError:  # no such group: its owner removed it
+        pass
 
 
 # A placement group outlives ray.kill of its actors; it is removed when the driver drops both handles

@@ -7,12 +7,15 @@ weights are gone. Calls in flight on it, and calls sent while it restarts, fail 
 settings and weights back, and clears every actor's batches, so the caller can rebuild them from the
 committed tokens. Everything it does can be done twice, so a death during a revival is survived too.
 """
+import dataclasses
 import time
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from studyhall.config import SwitchConfig
+
+FRESH_STREAM = 7919  # seed offset per restart
 
 
 class ActorLost(RuntimeError):
@@ -43,7 +46,8 @@ class Revival:
             if self._load(role, actor, deadline):
                 self.restarts[role] += 1
                 restarted.append(role)
-                ray.get(actor.configure.remote(switch))
+                # a fresh random stream: replaying the one it had would reuse draws already made
+                ray.get(actor.configure.remote(dataclasses.replace(switch, seed=switch.seed + FRESH_STREAM * self.restarts[role])))
                 for hook in self.on_restart:
                     hook(role, actor)
         ray.get([actor.reset.remote() for actor in self.actors.values()])

@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     bq.add_argument("--steps", type=int, default=None)
     bq.add_argument("--out", required=True)
     bq.add_argument("overrides", nargs="*")
+    br = bench_sub.add_parser("restart", help="what a killed teacher or student actor costs a SWITCH run (Ray restarts it)")
+    br.add_argument("--preset", default="tiny")
+    br.add_argument("--out", required=True)
+    br.add_argument("--limit", type=int, default=16, help="embedded prompts generated in each run")
+    br.add_argument("--kill-after", type=int, default=None, help="finished sequences before the kill (default: a quarter of --limit)")
+    br.add_argument("--role", default="teacher", help="teacher | student")
+    br.add_argument("overrides", nargs="*")
     gb = bench_sub.add_parser("gkt", help="GKT serving over HTTP: GKT at k, teacher alone, student alone, at 1/8/32 in flight")
     gb.add_argument("--preset", default="tiny")
     gb.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
@@ -150,6 +157,11 @@ def main(argv=None) -> int:
 
             result = run_eval(args.preset, args.out, args.prompts, args.overrides)
             print(result["table"])
+            return 0
+        if args.command == "bench" and args.bench == "restart":
+            from cluster.bench.restart import run_bench as run_restart_bench
+
+            print(json.dumps(run_restart_bench(args.preset, args.out, args.limit, args.kill_after, args.role, args.overrides), indent=2))
             return 0
         if args.command == "bench" and args.bench == "switch":
             from cluster.bench.switch import run_bench

@@ -7,15 +7,16 @@ import json
 import re
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from tqdm import tqdm
 
 from actors.models import eos_ids
-from actors.pair import check_pair
+from actors.pair import check_pair, release_group
 from studyhall.config import Config, ConfigError
 from train.bootstrap import compare
 from train.data import examples_digest, load_examples, prompt_token_ids, references_cache_path, split_validation
@@ -121,7 +122,7 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
     say = print if progress else (lambda *a, **k: None)
 
     say(f"starting teacher {cfg.teacher.path} and student {cfg.student.path} ...")
-    rollout = Rollout.remote(cfg, plan.train, plan.val, plan.references_path)
+    rollout, pair_name = start_rollout(cfg, plan.train, plan.val, plan.references_path)
     try:
         say(f"evaluating the student before training ({len(plan.val)} held-out prompts x {t.eval_samples} samples) ...")
         before = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
@@ -136,12 +137,15 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
                                "resume_from": str(resume_from) if resume_from else None},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
-            run_config=RunConfig(name="distill", storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            # A failed worker group is replaced and restarts from the last checkpoint (train_loop._resume).
+            run_config=RunConfig(name="distill", storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 failure_config=FailureConfig(max_failures=t.max_failures)),
         )
-        error = _fit_with_progress(trainer, rollout, t.steps, progress)
+        error = _fit_with_progress(trainer, rollout, t.steps, progress) or _stop_reason(rollout)
         if error is not None:
             kept = latest_checkpoint(storage)
-            raise TrainingFailed(f"training stopped: {error}; last good checkpoint: {kept or 'none yet'}")
+            resume = f"; `studyhall distill --resume --out {out}` continues from it" if kept else ""
+            raise TrainingFailed(f"training stopped: {error}; last good checkpoint: {kept or 'none yet'}{resume}")
 
         # The trainer pushed its last step's weights to the generation actor before fit() returned
         # (train_loop: every push_every steps and at the last), so this evaluates the trained student.
@@ -165,6 +169,7 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
             "loss_curve": [{"step": m["step"], "loss": round(m["loss"], 5), "lr": m["lr"]} for m in metrics],
             "intervention_by_position": summary["intervention_by_position"],
             "staleness_steps": summary["staleness_steps"],
+            "faults": summary["faults"],
             "val_kl_to_teacher": {"label": f"top-{cfg.switch.teacher_topk} + rest-bucket KL(teacher||student), nats/token, from the "
                                            "trainer: a lower bound of the full-vocabulary KL", **summary["val_kl_to_teacher"]},
             "teacher_pass_saving": {"reused_positions": counts["reused_positions"], "extra_pass_positions": counts["extra_pass_positions"],
@@ -177,15 +182,21 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
         }
         report["files"] = write_report(out, report)
     finally:
-        close(rollout)
+        close(rollout, pair_name)
     return report
 
 
-def close(rollout) -> None:
+def start_rollout(cfg: Config, train: list, val: list, references_path: str | None):
+    """(the rollout actor, the name of its pair's placement group, for `close`)."""
+    pair_name = f"studyhall-pair-{uuid.uuid4().hex[:12]}"
+    return Rollout.remote(cfg, train, val, references_path, pair_name), pair_name
+
+
+def close(rollout, pair_name: str) -> None:
     try:
         ray.get(rollout.close.remote())
     except ray.exceptions.RayError:
-        pass  # the rollout already died; its actors went with it
+        release_group(pair_name)  # the rollout died; its actors went with it, their placement group did not
     ray.kill(rollout)
 
 
@@ -198,6 +209,18 @@ def check_training_fits(cfg: Config) -> None:
         if amount > have.get(name, 0) + 1e-9:
             raise ConfigError(f"teacher, student and {t.num_workers} training workers need {amount:g} {name} together "
                               f"but the Ray cluster has {have.get(name, 0):g}; lower train.num_workers or *.num_{name.lower()}s")
+
+
+ROLLOUT_DIED = "the rollout actor died (it owns the teacher, the student and the step's batch)"
+
+
+def _stop_reason(rollout) -> str | None:
+    """Why the trainer ended the run on purpose (e.g. a non-finite loss), or that the rollout died
+    (the workers then leave without an error of their own: train_loop.RolloutGone)."""
+    try:
+        return ray.get(rollout.stopped.remote())
+    except ray.exceptions.RayActorError:
+        return ROLLOUT_DIED
 
 
 def _fit_with_progress(trainer, rollout, steps: int, progress: bool):
@@ -215,7 +238,11 @@ def _fit_with_progress(trainer, rollout, steps: int, progress: bool):
     with tqdm(total=steps, desc="train", unit="step", disable=not progress) as bar:
         while thread.is_alive():
             thread.join(timeout=2.0)
-            metrics = ray.get(rollout.progress.remote())
+            try:
+                metrics = ray.get(rollout.progress.remote())
+            except ray.exceptions.RayActorError:
+                thread.join(timeout=300)  # the workers leave at their next call to it (train_loop.RolloutGone)
+                return ROLLOUT_DIED
             if metrics and metrics[-1]["step"] != bar.n:
                 bar.n = metrics[-1]["step"]
                 bar.set_postfix(loss=f"{metrics[-1]['loss']:.4f}", tok_s=f"{metrics[-1]['tokens_per_s']:.0f}")

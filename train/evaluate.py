@@ -12,8 +12,7 @@ import ray
 
 from studyhall.config import Config, ConfigError
 from train.data import load_examples
-from train.distill import check_models, close, evaluate, plan_for, prepare, with_answer_budget
-from train.rollout import Rollout
+from train.distill import check_models, close, evaluate, plan_for, prepare, start_rollout, with_answer_budget
 from train.scoring import labels
 
 
@@ -29,10 +28,10 @@ def run_evaluate(cfg: Config, prompts: str | None = None) -> dict:
         plan = prepare(cfg)
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
-    rollout = Rollout.remote(cfg, [], plan.val, plan.references_path)
+    rollout, pair_name = start_rollout(cfg, [], plan.val, plan.references_path)
     try:
         result = evaluate(rollout, plan.val, cfg.train.eval_samples, cfg.switch.seed)
     finally:
-        close(rollout)
+        close(rollout, pair_name)
     return {"student": cfg.student.path, "teacher": cfg.teacher.path, "data": plan.source, "prompts": len(plan.val),
             **result, "metrics": labels(result), "config": dataclasses.asdict(cfg)}

@@ -13,6 +13,7 @@ import ray
 
 from actors.models import eos_ids, load_tokenizer
 from actors.pair import start_pair, stop_pair
+from actors.revival import Revival
 from actors.switch_controller import SwitchController, position_bucket
 from studyhall.config import Config, SwitchConfig
 from studyhall.prompts import PromptItem
@@ -39,10 +40,17 @@ def engine_settings(switch: SwitchConfig, mode: str, seed: int) -> SwitchConfig:
 
 @ray.remote(num_cpus=0, concurrency_groups={"progress": 1})
 class Rollout:
-    def __init__(self, cfg: Config, train: list[Example], val: list[Example], references_path: str | None):
+    def __init__(self, cfg: Config, train: list[Example], val: list[Example], references_path: str | None, pair_name: str = ""):
+        """`pair_name` names the teacher and student's placement group, for the driver to free if
+        this actor dies (pair.release_group)."""
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg.student.path, cfg.student.trust_remote_code)
-        self.teacher, self.student = start_pair(cfg)
+        self.teacher, self.student = start_pair(cfg, pair_name)
+        # A teacher or student actor that dies is restarted by Ray; generation and scoring go on once
+        # it is back, the student with the last weights the trainer pushed.
+        self.revival = Revival.for_pair(self.teacher, self.student, cfg)
+        self.revival.on_restart.append(self._restore_weights)
+        self.weights = None  # ObjectRef of the last pushed state dict
         self.eos = eos_ids(self.tokenizer, cfg.teacher.path) | eos_ids(self.tokenizer, cfg.student.path)
         self.train, self.val = train, val
         self.references_path = references_path
@@ -50,6 +58,9 @@ class Rollout:
         self.references.update({e.id: e.response for e in train + val if e.response is not None})
         self.method = make_method(cfg, self)
         self.batch_cache: tuple[int, list] | None = None
+        self.last_step = 0  # the highest step whose batch a trainer asked for
+        self.failures: list[dict] = []  # worker groups Ray Train replaced, and the steps each redid
+        self.stop_reason: str | None = None
         self.weights_step = 0  # optimizer steps behind the generation actor's weights
         self.staleness: list[int] = []
         self.metrics: list[dict] = []
@@ -65,7 +76,26 @@ class Rollout:
         if not self.batch_cache or self.batch_cache[0] != step:
             self.staleness.append(step - 1 - self.weights_step)
             self.batch_cache = (step, self.method.make(step, self.cfg.train.global_batch))
+        self.last_step = max(self.last_step, step)
         return self.batch_cache[1][rank::world]
+
+    def trainer_started(self, step: int) -> bool:
+        """A worker group starts at `step`. True when it replaces one that failed (this rollout
+        already served it steps): the steps past `step` are redone and their metrics dropped."""
+        replaced = self.last_step > 0
+        if replaced:
+            self.failures.append({"resumed_at_step": step, "failed_during_step": self.last_step,
+                                  "steps_redone": self.last_step - step})
+            self.metrics = [m for m in self.metrics if m["step"] <= step]
+            self.last_step = step
+        return replaced
+
+    def stop(self, reason: str) -> None:
+        """The trainer ended the run on purpose (e.g. a non-finite loss); the driver reports why."""
+        self.stop_reason = reason
+
+    def stopped(self) -> str | None:
+        return self.stop_reason
 
     def log_metrics(self, metrics: dict) -> None:
         self.metrics.append(metrics)
@@ -79,9 +109,14 @@ class Rollout:
         return list(self.metrics)
 
     def push_weights(self, state_dict: dict, step: int) -> int:
-        ray.get(self.student.load_weights.remote(state_dict))
+        self.weights = ray.put(state_dict)  # kept: a restarted student actor takes it again
+        self.revival.call(self.cfg.switch, lambda: ray.get(self.student.load_weights.remote(self.weights)))
         self.weights_step = step
         return step
+
+    def _restore_weights(self, role: str, actor) -> None:
+        if role == "student" and self.weights is not None:
+            ray.get(actor.load_weights.remote(self.weights))
 
     def observe_val_loss(self, step: int, loss: float) -> None:
         self.method.observe_val_loss(step, loss)
@@ -100,8 +135,8 @@ class Rollout:
     def run_engine(self, mode: str, examples: list[Example], seed: int, settings: SwitchConfig | None = None) -> list[dict]:
         """Generate one response per example with the SWITCH engine in `mode`; records in input order."""
         settings = settings or engine_settings(self.cfg.switch, mode, seed)
-        ray.get([a.configure.remote(settings) for a in (self.teacher, self.student)])
-        controller = SwitchController(self.teacher, self.student, settings, self.eos)
+        self.revival.call(settings, lambda: ray.get([a.configure.remote(settings) for a in (self.teacher, self.student)]))
+        controller = SwitchController(self.teacher, self.student, settings, self.eos, self.revival)
         done: dict[int, dict] = {}
         stats = controller.run(self.items(examples), on_finish=lambda seq: done.__setitem__(seq.index, seq.to_record("")))
         self.counts["generation_seconds"] += stats.seconds
@@ -152,9 +187,15 @@ class Rollout:
 
     def _score_with_teacher(self, records: list[dict]) -> tuple[list[dict], float]:
         """A plain teacher forward over the records' responses (at the training temperature), and its seconds."""
-        ray.get(self.teacher.configure.remote(engine_settings(self.cfg.switch, "switch", self.cfg.switch.seed)))
+        settings = engine_settings(self.cfg.switch, "switch", self.cfg.switch.seed)
+        sequences = [(r["prompt_token_ids"], r["token_ids"]) for r in records]
+
+        def score():
+            ray.get(self.teacher.configure.remote(settings))
+            return ray.get(self.teacher.score_sequences.remote(sequences))
+
         started = time.perf_counter()
-        scored = ray.get(self.teacher.score_sequences.remote([(r["prompt_token_ids"], r["token_ids"]) for r in records]))
+        scored = self.revival.call(settings, score)
         return scored, time.perf_counter() - started
 
     def _teacher_pass(self, records: list[dict], count: bool = True) -> None:
@@ -200,14 +241,19 @@ class Rollout:
                 size = 0
             chunks[-1].append((r["prompt_token_ids"], r["token_ids"]))
             size += len(r["token_ids"])
-        sums, in_flight = [], []
-        for chunk in chunks:
-            teacher_logp = self.teacher.full_logprobs.remote(chunk)
-            in_flight.append(self.student.kl_from.remote(chunk, teacher_logp))
-            if len(in_flight) == 2:  # at most two chunks' distributions in the object store at once
-                sums += ray.get(in_flight.pop(0))
-        for ref in in_flight:
-            sums += ray.get(ref)
+
+        def kl_sums():
+            sums, in_flight = [], []
+            for chunk in chunks:
+                teacher_logp = self.teacher.full_logprobs.remote(chunk)
+                in_flight.append(self.student.kl_from.remote(chunk, teacher_logp))
+                if len(in_flight) == 2:  # at most two chunks' distributions in the object store at once
+                    sums += ray.get(in_flight.pop(0))
+            for ref in in_flight:
+                sums += ray.get(ref)
+            return sums
+
+        sums = self.revival.call(self.cfg.switch, kl_sums)
         texts = self.reference(examples)
         return [{"prompt_id": e.id, "reference_tokens": self.reference_tokens(text), **s} for e, text, s in zip(examples, texts, sums)]
 
@@ -239,4 +285,7 @@ class Rollout:
                 "intervention_by_position": by_position,
                 "val_kl_to_teacher": self.val_kl,
                 "staleness_steps": {"mean": round(sum(stale) / len(stale), 3), "max": max(stale)},
+                "faults": {"worker_group_failures": len(self.failures),
+                           "steps_redone": sum(f["steps_redone"] for f in self.failures),
+                           "failures": list(self.failures), "generation": self.revival.summary()},
                 "method_state": self.method.state()}

@@ -25,10 +25,6 @@ PROGRESS_FILE = "progress.json"
 DS_TAG = "deepspeed"
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
 def deepspeed_config(t, world: int, bf16: bool) -> dict:
     """ZeRO stage, precision, AdamW (torch's own, so CPUs build nothing), LR schedule, clipping, accumulation."""
     # DeepSpeed's schedulers want >= 1 warmup step; starting it at the full lr means no warmup at all.
@@ -73,7 +69,41 @@ def full_state_dict(engine, zero_stage: int) -> dict:
         return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
 
 
+class RolloutGone(RuntimeError):
+    """The rollout actor died. Every rank leaves together and returns: a raise would have Ray Train
+    retry the group against a rollout that is not coming back. The driver reports it."""
+
+
+def _on_rank0(rank: int, work) -> None:
+    """Rank 0 does `work` (calls to the rollout actor); then every rank learns whether the rollout
+    is still there. This is also the barrier: no rank goes on before rank 0 is done."""
+    gone = torch.tensor([0.0])
+    if rank == 0:
+        try:
+            work()
+        except ray.exceptions.RayActorError:
+            gone[0] = 1.0
+    dist.all_reduce(gone)
+    if gone.item():
+        raise RolloutGone()
+
+
+def _from_rollout(call):
+    """A rollout call every rank makes at the same point (so all of them see it fail together)."""
+    try:
+        return ray.get(call)
+    except ray.exceptions.RayActorError:
+        raise RolloutGone() from None
+
+
 def train_loop_per_worker(config: dict) -> None:
+    try:
+        _train(config)
+    except RolloutGone:
+        return
+
+
+def _train(config: dict) -> None:
     cfg, rollout = config["cfg"], config["rollout"]
     t = cfg.train
     use_gpu = torch.cuda.is_available() and t.gpus_per_worker > 0
@@ -93,12 +123,12 @@ def train_loop_per_worker(config: dict) -> None:
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                                    config=deepspeed_config(t, world, bf16), dist_init_required=False)
 
-    step = _resume(engine, rollout, rank, t.zero_stage, config.get("resume_from"))
+    step, replaced = _resume(engine, rollout, rank, t.zero_stage, config.get("resume_from"))
     pad_id = config["pad_id"]
     # KL to the teacher on held-out answers, before and after: the plainest sign of distillation.
     # Every rank runs the forward (under ZeRO-3 it gathers parameters collectively); rank 0 reports.
     measure_kl = cfg.switch.teacher_topk > 0
-    if measure_kl:
+    if measure_kl and not replaced:  # a replacement group continues the run: its start was measured
         kl_start = _val_loss(engine, config, rollout, pad_id, "fkl")
         if rank == 0:
             rollout.log_val_kl.remote("start", step, kl_start)
@@ -106,14 +136,21 @@ def train_loop_per_worker(config: dict) -> None:
     started, trained_tokens = time.perf_counter(), 0
     while step < t.steps:
         step += 1
-        records = ray.get(rollout.batch.remote(step, rank, world))
+        records = _from_rollout(rollout.batch.remote(step, rank, world))
         step_loss, step_tokens = 0.0, 0
         for part in micro_batches(records, t.micro_batch):
             batch = collate(part, pad_id, with_teacher)
             batch_on = {k: v.to(engine.device) for k, v in (("input_ids", batch.input_ids), ("attention_mask", batch.attention_mask))}
             logits = engine(**batch_on).logits
             loss = distill_loss(logits, _to(batch, engine.device), config["loss"], t.beta, t.alpha, t.loss_temperature)
-            _stop_if_not_finite(loss, step, rank)
+            if not _all_finite(loss):
+                # Stop every rank before the bad update. Returning, not raising: Ray Train would
+                # retry a raise from the last checkpoint (FailureConfig), for a loss that diverged.
+                seen = f"{loss.item()}" if not torch.isfinite(loss) else "non-finite on another rank"
+                _on_rank0(rank, lambda: ray.get(rollout.stop.remote(
+                    f"NonFiniteLoss: the loss became {seen} at step {step}; stopped before the update. "
+                    "The last good checkpoint is kept; try a lower lr or grad_clip.")))
+                return
             engine.backward(loss)
             engine.step()
             step_loss += loss.item() / math.ceil(len(records) / t.micro_batch)
@@ -121,16 +158,17 @@ def train_loop_per_worker(config: dict) -> None:
         trained_tokens += step_tokens
         mean_loss = _mean_over_ranks(step_loss, world)
 
-        if step % t.push_every == 0 or step == t.steps:
-            state = full_state_dict(engine, t.zero_stage)
-            if rank == 0:
+        state = full_state_dict(engine, t.zero_stage) if step % t.push_every == 0 or step == t.steps else None
+        val = _val_loss(engine, config, rollout, pad_id, config["loss"]) if t.method == "distillm" and step % t.val_every == 0 else None
+
+        def to_rollout():
+            if state is not None:
                 ray.get(rollout.push_weights.remote(state, step))
-            del state
-        if t.method == "distillm" and step % t.val_every == 0:
-            val = _val_loss(engine, config, rollout, pad_id, config["loss"])
-            if rank == 0:
+            if val is not None:
                 ray.get(rollout.observe_val_loss.remote(step, val))
-        dist.barrier()  # the next batch is generated only after the push
+
+        _on_rank0(rank, to_rollout)  # the next batch is generated only after the push
+        del state
 
         elapsed = time.perf_counter() - started
         metrics = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
@@ -144,8 +182,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     if measure_kl:
         kl_end = _val_loss(engine, config, rollout, pad_id, "fkl")
-        if rank == 0:
-            ray.get(rollout.log_val_kl.remote("end", step, kl_end))
+        _on_rank0(rank, lambda: ray.get(rollout.log_val_kl.remote("end", step, kl_end)))
     if rank == 0 or t.zero_stage == 3:
         _save_student(engine, config, rank, t.zero_stage)
 
@@ -158,13 +195,11 @@ def _to(batch, device):
     return batch
 
 
-def _stop_if_not_finite(loss: torch.Tensor, step: int, rank: int) -> None:
-    """Every rank learns if any rank saw NaN/inf, before the bad gradient touches the weights."""
+def _all_finite(loss: torch.Tensor) -> bool:
+    """Whether every rank's loss is finite: all ranks learn of a NaN/inf on any of them."""
     bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
     dist.all_reduce(bad)
-    if bad.item() > 0:
-        raise NonFiniteLoss(f"the loss became {loss.item()} at step {step} (rank {rank}); stopped before the update. "
-                            "The last good checkpoint is kept; try a lower lr or grad_clip.")
+    return bad.item() == 0
 
 
 def _mean_over_ranks(value: float, world: int) -> float:
@@ -176,7 +211,7 @@ def _mean_over_ranks(value: float, world: int) -> float:
 @torch.no_grad()
 def _val_loss(engine, config, rollout, pad_id, loss: str) -> float:
     """The loss on held-out references the teacher scored (DistiLLM's validation signal, and the report's KL)."""
-    records = ray.get(rollout.val_records.remote())
+    records = _from_rollout(rollout.val_records.remote())
     t = config["cfg"].train
     total, n = 0.0, 0
     for part in micro_batches(records, t.micro_batch):
@@ -196,20 +231,26 @@ def _report_with_checkpoint(engine, metrics: dict, rank: int) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _resume(engine, rollout, rank: int, zero_stage: int, resume_from: str | None) -> int:
-    """Continue with the same step count: from Ray Train's own checkpoint when it restarts workers
-    after a failure, else from the one `--resume` found."""
+def _resume(engine, rollout, rank: int, zero_stage: int, resume_from: str | None) -> tuple[int, bool]:
+    """(step to continue from, whether this worker group replaces one that failed).
+
+    The step comes from Ray Train's own checkpoint when it restarted the workers after a failure
+    (FailureConfig), else from the one `--resume` found, else 0. The generation actor then gets these
+    weights: after a failure it holds ones trained past the checkpoint (or past the start)."""
     checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint.from_directory(resume_from) if resume_from else None)
-    if checkpoint is None:
-        return 0
-    with checkpoint.as_directory() as folder:
-        engine.load_checkpoint(folder, tag=DS_TAG)
-        step = json.loads(Path(folder, PROGRESS_FILE).read_text())["step"]
-    state = full_state_dict(engine, zero_stage)
-    if rank == 0:  # the generation actor starts from the resumed weights, not the initial ones
-        ray.get(rollout.push_weights.remote(state, step))
-    dist.barrier()
-    return step
+    step = 0
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            engine.load_checkpoint(folder, tag=DS_TAG)
+            step = json.loads(Path(folder, PROGRESS_FILE).read_text())["step"]
+    replaced = torch.tensor([0.0])  # the rollout actor outlives worker groups: it knows whether one trained before
+    _on_rank0(rank, lambda: replaced.fill_(float(ray.get(rollout.trainer_started.remote(step)))))
+    dist.broadcast(replaced, 0)
+    if step > 0 or replaced.item():
+        state = full_state_dict(engine, zero_stage)
+        _on_rank0(rank, lambda: ray.get(rollout.push_weights.remote(state, step)))
+        del state
+    return step, bool(replaced.item())
 
 
 def _save_student(engine, config: dict, rank: int, zero_stage: int) -> None:

@@ -7,19 +7,18 @@ import torch
 from actors.models import load_model
 from studyhall.config import ModelConfig, load_config
 from train.data import Example
-from train.distill import close
+from train.distill import close, start_rollout
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 @pytest.mark.timeout(240)
 def test_pushed_weights_change_what_the_generation_actor_samples():
-    from train.rollout import Rollout
 
     cfg = load_config("tiny", ["max_new_tokens=12"])
     val = [Example(f"q{i}", [{"role": "user", "content": q}], "a reference answer")
            for i, q in enumerate(["Name a color.", "What do bees make?", "Count to three."])]
-    rollout = Rollout.remote(cfg, [], val, None)
+    rollout, pair_name = start_rollout(cfg, [], val, None)
     try:
         def texts():
             return [s["prediction"] for s in ray.get(rollout.sample_student.remote(val, 1, 5))]
@@ -36,4 +35,4 @@ def test_pushed_weights_change_what_the_generation_actor_samples():
         ray.get(rollout.push_weights.remote(state, 2))
         assert texts() == original
     finally:
-        close(rollout)
+        close(rollout, pair_name)
