@@ -42,6 +42,7 @@ def test_greedy_block_equals_per_token(pair, tmp_path, divergence):
     # the comparison has bite: both sources wrote tokens, and blocks cut the teacher's calls
     assert 0.1 < ref_summary["teacher_share"] < 0.9
     assert ref_summary["teacher_calls_per_token"] == 1.0
+    assert ref_summary["forwards_per_token"] == 2.0  # one student draft and one teacher score per token
     assert block_summary["teacher_calls_per_token"] < 0.8
 
 
