@@ -7,6 +7,7 @@
 Every client mistake is answered here with a 4xx and an OpenAI-style error body, before any model
 works on it: the error handlers below turn FastAPI's validation errors (malformed JSON, missing or
 mistyped fields) and our own checks (model name, max_tokens, context length) into that body.
+Each route declares every status it can return (serve/contract.py); `/openapi.json` is that contract.
 """
 import hmac
 import json
@@ -22,7 +23,21 @@ from ray.util import metrics
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.models import context_length, load_tokenizer, model_config
-from serve.protocol import ApiError, ChatRequest, CompletionRequest, GuidanceRequest, chunk_body, completion_body, error_body, new_id, usage, usage_chunk
+from serve import contract
+from serve.protocol import (
+    NOT_BLANK,
+    PROMPT_XOR_MESSAGES,
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    GuidanceRequest,
+    chunk_body,
+    completion_body,
+    error_body,
+    new_id,
+    usage,
+    usage_chunk,
+)
 from studyhall.config import ServeConfig
 from studyhall.prompts import render
 
@@ -41,13 +56,17 @@ async def _api_error(request: Request, err: ApiError):
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, err: RequestValidationError):
-    return JSONResponse(_describe(err.errors()[0]).body(), status_code=400)
+    # A union field fails once per member; the member that took the value's type says what is wrong with it.
+    errors = sorted(err.errors(), key=lambda e: e["type"].endswith("_type"))
+    return JSONResponse(_describe(errors[0]).body(), status_code=400)
 
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, err: StarletteHTTPException):
     kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
-    return JSONResponse(error_body(f"{request.method} {request.url.path}: {err.detail}", kind), status_code=err.status_code)
+    # err.headers carries the 405's `Allow` (the methods the route takes)
+    return JSONResponse(error_body(f"{request.method} {request.url.path}: {err.detail}", kind), status_code=err.status_code,
+                        headers=err.headers)
 
 
 @app.exception_handler(Exception)
@@ -59,6 +78,8 @@ def _describe(e: dict) -> ApiError:
     """One pydantic/FastAPI validation error as one line naming the field."""
     if e["type"] == "json_invalid":
         return ApiError(400, f"malformed JSON body: {e.get('ctx', {}).get('error', e['msg'])}", None, "invalid_json")
+    if e["type"] == "prompt_xor_messages":
+        return ApiError(400, PROMPT_XOR_MESSAGES, "prompt", "invalid_value")
     path = [str(p) for p in e["loc"][1:] if not _is_type_tag(p)]  # drop "body" and union-member tags
     param = ".".join(path) or None
     if e["type"] == "extra_forbidden":
@@ -67,11 +88,15 @@ def _describe(e: dict) -> ApiError:
         return ApiError(400, f"missing required field {param!r}" if param else "missing JSON body", param, "missing_field")
     if not path:
         return ApiError(400, f"request body: {e['msg']}", None, "invalid_body")
+    if e["type"] == "string_pattern_mismatch" and e.get("ctx", {}).get("pattern") == NOT_BLANK:
+        return ApiError(400, f"{param}: the prompt is empty or only whitespace", param, "invalid_value")
     return ApiError(400, f"{param}: {e['msg']} (got {_short(e.get('input'))})", param, "invalid_value")
 
 
 def _is_type_tag(part) -> bool:
-    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "function-after"))
+    """Pydantic's names for union members in an error's location ("list[str]", "constrained-str",
+    "guidance[prompt]"); field names have neither brackets nor dashes."""
+    return isinstance(part, str) and ("[" in part or "-" in part or part in ("str", "int", "float", "bool"))
 
 
 def _short(value) -> str:
@@ -90,7 +115,8 @@ async def _guard(request: Request, call_next):
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
             response = JSONResponse(error_body("missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                               "invalid_request_error", None, "invalid_api_key"), status_code=401)
+                                               "invalid_request_error", None, "invalid_api_key"), status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
         else:
             response = await call_next(request)
     else:
@@ -122,6 +148,8 @@ class GKTServer:
         for role, spec in (("teacher", cfg.guide), ("student", cfg.complete)):
             self.models[role] = (load_tokenizer(spec.path, spec.trust_remote_code), context_length(model_config(spec)))
         app.state.api_key = os.environ.get(cfg.api_key_env) or None
+        schema = contract.openapi(app, cfg, app.state.api_key is not None, OPEN_PATHS)
+        app.openapi = lambda: schema  # what /openapi.json serves (FastAPI would derive one without the config)
         app.state.requests = metrics.Counter("studyhall_gkt_requests", description="HTTP requests by route and status",
                                              tag_keys=("route", "status"))
         app.state.latency = metrics.Histogram("studyhall_gkt_request_latency_ms", description="time to the response (streams: to the first byte)",
@@ -132,33 +160,33 @@ class GKTServer:
 
     # ---- routes ----
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=contract.responses(contract.Health))
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=contract.responses(contract.ModelList))
     async def models(self) -> dict:
         return {"object": "list", "data": [{
             "id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "studyhall",
             "teacher": self.cfg.guide.path, "student": self.cfg.complete.path,
             "default_guidance_tokens": self.cfg.guidance_tokens, "max_tokens_limit": self.cfg.max_tokens_limit}]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=contract.responses(contract.Completion, 400, 404, stream=True))
     async def completions(self, body: CompletionRequest):
         return await self._respond(body, {"prompt": body.prompt_text()}, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=contract.responses(contract.ChatCompletion, 400, 404, stream=True))
     async def chat_completions(self, body: ChatRequest):
         return await self._respond(body, {"messages": [{"role": m.role, "content": m.text()} for m in body.messages]}, chat=True)
 
-    @app.post("/v1/guidance")
+    @app.post("/v1/guidance", responses=contract.responses(contract.Guidance, 400, 404))
     async def guidance(self, body: GuidanceRequest):
-        if (body.prompt is None) == (body.messages is None):
-            raise ApiError(400, "give exactly one of 'prompt' or 'messages'", "prompt", "invalid_value")
-        source = {"prompt": body.prompt} if body.prompt is not None else {
+        source = {"prompt": body.prompt} if hasattr(body, "prompt") else {
             "messages": [{"role": m.role, "content": m.text()} for m in body.messages]}
         self._check_model(body.model)
-        k = self.cfg.guidance_tokens if body.guidance_tokens is None else body.guidance_tokens
+        # The default k is the server's, kept within what this route takes, so a request without k always fits.
+        default = min(max(self.cfg.guidance_tokens, 1), self.cfg.max_tokens_limit)
+        k = default if body.guidance_tokens is None else body.guidance_tokens
         if not 1 <= k <= self.cfg.max_tokens_limit:
             raise ApiError(400, f"guidance_tokens: must be in [1, {self.cfg.max_tokens_limit}], got {k}", "guidance_tokens", "invalid_value")
         prompt_tokens = self._check_prompt(source, "teacher", k)
@@ -192,13 +220,12 @@ class GKTServer:
     def _plan(self, body, source: dict, chat: bool) -> tuple[dict, int, int, int]:
         """(job, max_tokens, k, prompt tokens) for a generation request, or an ApiError."""
         self._check_model(body.model)
-        if body.n != 1:
-            raise ApiError(400, f"n: only n=1 is supported, got {body.n}", "n", "invalid_value")
-        name = "max_completion_tokens" if chat and body.max_completion_tokens is not None else "max_tokens"
-        max_tokens = getattr(body, name)
+        for name in ("max_tokens", "max_completion_tokens") if chat else ("max_tokens",):  # both, as the schema says
+            value = getattr(body, name)
+            if value is not None and not 1 <= value <= self.cfg.max_tokens_limit:
+                raise ApiError(400, f"{name}: must be in [1, {self.cfg.max_tokens_limit}], got {value}", name, "invalid_value")
+        max_tokens = body.max_completion_tokens if chat and body.max_completion_tokens is not None else body.max_tokens
         max_tokens = self.cfg.default_max_tokens if max_tokens is None else max_tokens
-        if not 1 <= max_tokens <= self.cfg.max_tokens_limit:
-            raise ApiError(400, f"{name}: must be in [1, {self.cfg.max_tokens_limit}], got {max_tokens}", name, "invalid_value")
         k = self.cfg.guidance_tokens if body.guidance_tokens is None else body.guidance_tokens
         k = min(k, max_tokens)
         prompt_tokens = 0

@@ -3,12 +3,15 @@
 Requests are strict: a field of the wrong type or a field this server does not implement (`seed`,
 `logprobs`, `tools`, ...) is a 400 naming it, rather than being silently ignored.
 The one extra field is `guidance_tokens` (k): 0 = the student alone, >= max_tokens = the teacher alone.
+
+Every rule that JSON Schema can state lives in these types, so the OpenAPI schema FastAPI derives from
+them is the rule the server applies (serve/contract.py adds the rules that come from config).
 """
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 
 class ApiError(Exception):
@@ -28,7 +31,23 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # python-re: patterns match as Python's `re` does, the engine schema-driven clients generate with.
+    model_config = ConfigDict(strict=True, extra="forbid", regex_engine="python-re")
+
+
+NOT_BLANK = r"\S"  # a prompt must have a character that is not whitespace
+Prompt = Annotated[str, Field(pattern=NOT_BLANK)]
+
+
+def _integral(value):
+    """4.0 is an integer to JSON Schema (and to JavaScript clients); strict pydantic would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def Int(ge: int, le: int | None = None):
+    """An integer field in [ge, le]: 4 or 4.0, never "4" or true. (The bounds go before the validator, or
+    pydantic leaves them out of the JSON schema.)"""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral)]
 
 
 class StreamOptions(_Strict):
@@ -53,48 +72,64 @@ class _Sampling(_Strict):
     model: str
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = Field(None)
-    guidance_tokens: int | None = Field(None, ge=0, description="k: tokens the teacher writes first")
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(None, description="up to 4 strings that end the answer")
+    guidance_tokens: Int(0) | None = Field(None, description="k: tokens the teacher writes first (default: serve.guidance_tokens)")
     user: str | None = None  # OpenAI's end-user tag; accepted, not used
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
-        if len(stops) > 4:
-            raise ApiError(400, f"stop: at most 4 sequences, got {len(stops)}", "stop", "invalid_value")
-        return stops
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 class _Generation(_Sampling):
-    max_tokens: int | None = None
-    n: int = 1
+    max_tokens: Int(1) | None = None  # the maximum is serve.max_tokens_limit (serve/contract.py)
+    n: Int(1, 1) = Field(1, description="one answer per request")
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM's extension: always generate max_tokens (benchmarks use it for equal lengths)
 
 
 class CompletionRequest(_Generation):
-    prompt: str | list[str]
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=1)] = Field(
+        description="one prompt per request: a string, or a list holding one string")
 
     def prompt_text(self) -> str:
-        if isinstance(self.prompt, str):
-            return self.prompt
-        if len(self.prompt) != 1:
-            raise ApiError(400, f"prompt: this server takes one prompt per request, got a list of {len(self.prompt)}",
-                           "prompt", "invalid_value")
-        return self.prompt[0]
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
 class ChatRequest(_Generation):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = None  # newer clients send this instead of max_tokens
+    max_completion_tokens: Int(1) | None = None  # newer clients send this instead of max_tokens
 
 
-class GuidanceRequest(_Sampling):
-    """POST /v1/guidance: the teacher's first k tokens alone, for students that run elsewhere."""
-    prompt: str | None = None
-    messages: list[Message] | None = None
+class _Guidance(_Sampling):
+    guidance_tokens: Int(1) | None = Field(None, description="k: tokens the teacher writes (default: serve.guidance_tokens, "
+                                                                "within [1, serve.max_tokens_limit])")
+
+
+class GuidancePrompt(_Guidance):
+    prompt: Prompt
+
+
+class GuidanceMessages(_Guidance):
+    messages: list[Message] = Field(min_length=1)
+
+
+def _prompt_or_messages(body) -> str | None:
+    """Which body a /v1/guidance request is: the one of prompt and messages it has; None if it has both or neither."""
+    if not isinstance(body, dict):
+        return "guidance[prompt]"  # not an object: that member reports the type error
+    given = [key for key in ("prompt", "messages") if key in body]
+    return f"guidance[{given[0]}]" if len(given) == 1 else None
+
+
+PROMPT_XOR_MESSAGES = "give exactly one of 'prompt' or 'messages'"
+# POST /v1/guidance: the teacher's first k tokens alone, for students that run elsewhere. Exactly one of prompt and
+# messages: two members that forbid each other's field, so the schema says it too (oneOf).
+GuidanceRequest = Annotated[
+    Union[Annotated[GuidancePrompt, Tag("guidance[prompt]")], Annotated[GuidanceMessages, Tag("guidance[messages]")]],
+    Discriminator(_prompt_or_messages, custom_error_type="prompt_xor_messages", custom_error_message=PROMPT_XOR_MESSAGES)]
 
 
 def new_id(prefix: str) -> str:
