@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     gb.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
     gb.add_argument("--requests", type=int, default=None, help="requests per mode and concurrency (default from preset)")
     gb.add_argument("overrides", nargs="*", help="key=value, e.g. serve.guidance_tokens=8 serve.default_max_tokens=32")
+    bl = bench_sub.add_parser("load", help="GKT serving under load: the async openai client, N requests, C in flight; "
+                                           "errors by type, latency and time-to-first-token percentiles, requests/s, tokens/s")
+    bl.add_argument("--preset", default="tiny")
+    bl.add_argument("--out", required=True, help="JSON out")
+    bl.add_argument("--requests", type=int, default=64, help="chat requests to send (after 2 warm-up requests)")
+    bl.add_argument("--concurrency", type=int, default=8, help="requests in flight: each client sends its next as its last is answered")
+    bl.add_argument("--stream", action="store_true", help="stream the answers (server-sent events) and time the first token")
+    bl.add_argument("--url", default=None, help="load a server that is already up (e.g. http://127.0.0.1:8000) instead of starting one")
+    bl.add_argument("--no-progress", action="store_true")
+    bl.add_argument("overrides", nargs="*", help="key=value, e.g. serve.default_max_tokens=16 serve.guidance_tokens=4")
 
     srv = sub.add_parser("serve", help="GKT serving on Ray Serve with an OpenAI-compatible API (blocks; Ctrl-C stops)")
     srv.add_argument("--preset", default="smol", help="tiny | smol")
@@ -151,6 +161,13 @@ def main(argv=None) -> int:
 
             result = run_gkt_bench(args.preset, args.out, args.requests, args.overrides)
             print(result["table"])
+            return 0
+        if args.command == "bench" and args.bench == "load":
+            from cluster.bench.load import run_bench as run_load_bench
+
+            result = run_load_bench(args.preset, args.out, args.requests, args.concurrency, args.stream, args.overrides,
+                                    url=args.url, progress=not args.no_progress)
+            print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2))
             return 0
         if args.command == "eval" and args.eval_target == "gkt":
             from cluster.bench.eval_gkt import run_eval
