@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("overrides", nargs="*")
     bq = bench_sub.add_parser("quality", help="every method, same steps and data: ROUGE-L and teacher NLL")
     bq.add_argument("--preset", default="smol")
-    bq.add_argument("--methods", default="sft,kd,seqkd,gkd,skd,switch")
+    bq.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: every method)")
     bq.add_argument("--steps", type=int, default=None)
     bq.add_argument("--out", required=True)
     bq.add_argument("overrides", nargs="*")
