@@ -11,7 +11,7 @@ import dataclasses
 import time
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from studyhall.config import SwitchConfig
 
@@ -36,23 +36,20 @@ class Revival:
     def for_pair(cls, teacher, student, cfg) -> "Revival":
         return cls({"teacher": teacher, "student": student}, cfg.max_restarts, cfg.restart_timeout_s)
 
-    def revive(self, switch: SwitchConfig) -> list[str]:
+    def revive(self, switch: SwitchConfig) -> None:
         """Wait for every actor to answer with its model loaded; restarted ones take `switch` and the
-        restore hooks. Every actor's batches are dropped. Returns the roles that had restarted."""
+        restore hooks. Every actor's batches are dropped."""
         started = time.perf_counter()
         deadline = started + self.timeout_s
-        restarted = []
         for role, actor in self.actors.items():
             if self._load(role, actor, deadline):
                 self.restarts[role] += 1
-                restarted.append(role)
                 # a fresh random stream: replaying the one it had would reuse draws already made
                 ray.get(actor.configure.remote(dataclasses.replace(switch, seed=switch.seed + FRESH_STREAM * self.restarts[role])))
                 for hook in self.on_restart:
                     hook(role, actor)
         ray.get([actor.reset.remote() for actor in self.actors.values()])
         self.seconds += time.perf_counter() - started
-        return restarted
 
     def _load(self, role: str, actor, deadline: float) -> bool:
         """True when the actor had lost its model (it restarted) and loaded it again."""
@@ -67,7 +64,7 @@ class Revival:
             except GetTimeoutError:
                 raise ActorLost(f"the {role} actor did not come back within restart_timeout_s={self.timeout_s:g} s "
                                 "(Ray could not place it again, or its model did not load in time)") from None
-            except (ActorDiedError, RayActorError):
+            except RayActorError:  # ActorDiedError: dead for good
                 raise ActorLost(f"the {role} actor died and Ray will not restart it again "
                                 f"(max_restarts={self.max_restarts}; {self.restarts[role]} restart(s) survived in this run)") from None
 
