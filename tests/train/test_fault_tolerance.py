@@ -36,19 +36,30 @@ def _our_processes(title: str) -> list[psutil.Process]:
     return found
 
 
-class KillAfterCheckpoint(threading.Thread):
-    """SIGKILLs one of our processes titled `title` once `checkpoints` checkpoints are on disk. (A
-    checkpoint on disk is not yet one Ray Train restores from: its controller registers it a poll
-    later. Two on disk make sure the first is registered.)"""
+def _registered_checkpoint(storage) -> bool:
+    """Whether Ray Train's controller has registered a checkpoint: only a registered one is what a
+    replacement group restores. (A checkpoint on disk is registered a poll later; the controller's
+    snapshot file, written on registration, is the signal.)"""
+    for snapshot in storage.glob("**/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+        except (OSError, ValueError):  # caught mid-write; the next poll reads it whole
+            pass
+    return False
 
-    def __init__(self, storage, title, checkpoints=1):
+
+class KillAfterCheckpoint(threading.Thread):
+    """SIGKILLs one of our processes titled `title` once Ray Train has registered a checkpoint."""
+
+    def __init__(self, storage, title):
         super().__init__(daemon=True)
-        self.storage, self.title, self.checkpoints, self.killed = storage, title, checkpoints, None
+        self.storage, self.title, self.killed = storage, title, None
 
     def run(self):
         deadline = time.time() + 400
         while time.time() < deadline and self.killed is None:
-            if len(list(self.storage.glob(f"**/{PROGRESS_FILE}"))) >= self.checkpoints:
+            if _registered_checkpoint(self.storage):
                 procs = _our_processes(self.title)
                 if procs:
                     os.kill(procs[-1].pid, signal.SIGKILL)
@@ -62,7 +73,7 @@ def _distill_cfg(data, steps, checkpoint_every):
 
 
 def test_a_killed_training_worker_is_replaced_and_the_run_finishes(dolly_file, tmp_path):  # noqa: F811
-    killer = KillAfterCheckpoint(tmp_path / "ray_train", "ray::RayTrainWorker", checkpoints=2)
+    killer = KillAfterCheckpoint(tmp_path / "ray_train", "ray::RayTrainWorker")
     killer.start()
     report = run_distill(_distill_cfg(dolly_file, steps=6, checkpoint_every=1), str(tmp_path), progress=False)
     killer.join()
