@@ -107,6 +107,19 @@ class CachedBatch:
         self.cache.batch_select_indices(rows)
         self.valid, self.length, self.pending = self.valid[rows], self.length[rows], self.pending[rows]
         self._crop_tail()
+        self._crop_head()
+
+    def _crop_head(self) -> None:
+        """Drop leading columns that no row uses any more: left padding of rows that joined beside
+        longer rows that have left since (continuous batching would otherwise widen the cache forever)."""
+        used = self.valid.any(0).nonzero()
+        first = int(used.min()) if used.numel() else 0
+        if first == 0:
+            return
+        for layer in self.cache.layers:
+            if _kv(layer) is not None:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        self.valid = self.valid[:, first:]
 
     def extend(self, prompts: list[list[int]]) -> None:
         """Add new sequences to the batch (continuous batching): prefill them apart, then merge."""

@@ -41,12 +41,13 @@ class Usage(BaseModel):
 
 
 class GKTInfo(BaseModel):
-    """Who wrote the answer: the teacher's guidance, then the student's tokens, and their batch sizes."""
+    """Who wrote the answer: the teacher's guidance, then the student's tokens, and how many rows shared
+    each model's forwards while it made them (continuous batching; 0 for a model that wrote nothing)."""
     guidance: str
     guidance_tokens: int
     student_tokens: int
-    teacher_batch_size: int
-    student_batch_size: int
+    teacher_rows_per_forward: float
+    student_rows_per_forward: float
 
 
 class CompletionChoice(BaseModel):
@@ -96,7 +97,7 @@ class Guidance(BaseModel):
     guidance: str
     guidance_tokens: int
     finish_reason: Literal["stop", "length"]
-    teacher_batch_size: int
+    teacher_rows_per_forward: float
     usage: Usage
 
 
@@ -128,8 +129,10 @@ ERRORS = {
     401: "missing or wrong API key (only when the server has one)",
     404: "the model named is not served here (GET /v1/models)",
     405: "the route does not take this method",
+    503: "a model replica was lost while answering, or every replica is full; retry after `Retry-After` seconds",
 }
 ALLOW = {"Allow": {"description": "the methods the route takes", "schema": {"type": "string"}}}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}
 BEARER = {"WWW-Authenticate": {"description": "the scheme to use: Bearer", "schema": {"type": "string"}}}
 GUIDANCE_BODIES = ("GuidancePrompt", "GuidanceMessages")  # /v1/guidance's k is capped; completions' k is not (k >= max_tokens: the teacher alone)
 STREAM = {"text/event-stream": {}}  # with "stream": true; each event is a JSON chunk, the last is `data: [DONE]`
@@ -139,7 +142,8 @@ def responses(ok: type[BaseModel], *errors: int, stream: bool = False) -> dict:
     """The `responses` of a route: 200 with `ok` (and event-stream when `stream`), then each error status."""
     declared: dict = {200: {"model": ok, **({"content": STREAM} if stream else {})}}
     for status in (*errors, 405):
-        declared[status] = {"model": ErrorBody, "description": ERRORS[status], **({"headers": ALLOW} if status == 405 else {})}
+        headers = {405: ALLOW, 503: RETRY_AFTER}.get(status)
+        declared[status] = {"model": ErrorBody, "description": ERRORS[status], **({"headers": headers} if headers else {})}
     return declared
 
 

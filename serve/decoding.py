@@ -1,56 +1,134 @@
-"""Sampling continuations for a batch of prompts in one padded forward loop, and turning tokens into text.
+"""Continuous batching over one KV cache, and turning a row's tokens into text.
 
-Both GKT deployments use `BatchDecoder`: the prompts are left-padded into one KV cache
-(actors/kv_batch.py), each step runs one forward for every row still going, and rows that finish
-leave the batch so the rest run narrower. `TextStream` turns one row's tokens into text deltas and
-applies OpenAI-style `stop` strings.
+`RunningBatch` is the decode state of one GKT replica: rows join between steps (their prompts are
+prefilled apart and merged into the cache, actors/kv_batch.py), every step runs one forward for all
+rows, and a finished row leaves before the next step, so the rest run narrower. Each row keeps its
+own sampling settings. `RowOutput` turns one row's tokens into OpenAI-style chunks: EOS, `stop`
+strings, the token limit, and text held back until it is final.
 """
+from dataclasses import dataclass
+
 import torch
 
 from actors.kv_batch import CachedBatch
 from studyhall.distill_math import divergence_logprobs, sample
 
 
-class BatchDecoder:
-    """Rows are addressed by their index in `prompts`; `step()` returns {row: new token} for rows still active."""
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None  # a request's own random stream: its draws do not depend on its batch mates
 
-    def __init__(self, model, device, prompts: list[list[int]], temperature: list[float], top_p: list[float],
-                 generator: torch.Generator | None):
+
+class RunningBatch:
+    """Rows are addressed by a key the caller chooses; `step()` returns {key: new token} for every row."""
+
+    def __init__(self, model, device, generator: torch.Generator | None):
         self.batch = CachedBatch(model, device)
-        self.batch.start(prompts)
-        self.rows = list(range(len(prompts)))  # original row of each batch position
-        self.temperature, self.top_p, self.generator = temperature, top_p, generator
-        self._leaving: set[int] = set()
+        self.device, self.generator = device, generator
+        self.keys: list = []  # the key of each batch position
+        self.sampling: dict = {}
+        self.generators: dict = {}  # key -> its own generator, for rows with a seed
+        self.shared_rows: dict = {}  # key -> sum over its forwards of the rows in them
+        self.steps: dict = {}  # key -> forwards it took part in
+        self._leaving: set = set()
+        self.forwards = self.rows_forwarded = self.prefills = self.prefill_tokens = 0
 
-    @property
-    def active(self) -> bool:
-        return len(self.rows) > len(self._leaving)
+    def __len__(self) -> int:
+        return len(self.keys) - len(self._leaving)
 
-    def finish(self, row: int) -> None:
-        """This row is done; it leaves the batch before the next forward."""
-        self._leaving.add(row)
+    def join(self, rows: list[tuple]) -> None:
+        """Add rows (key, prompt token ids, Sampling): prefilled now, they decode from the next step."""
+        self._drop_leaving()
+        self.batch.extend([prompt for _, prompt, _ in rows])
+        for key, prompt, sampling in rows:
+            self.keys.append(key)
+            self.sampling[key], self.shared_rows[key], self.steps[key] = sampling, 0, 0
+            if sampling.seed is not None:
+                self.generators[key] = torch.Generator(self.device).manual_seed(sampling.seed)
+            self.prefill_tokens += len(prompt) - 1
+        self.prefills += 1
+
+    def leave(self, key) -> None:
+        """This row is done; it leaves before the next forward."""
+        if key in self.sampling:
+            self._leaving.add(key)
+
+    def rows_per_forward(self, key) -> float:
+        """The mean number of rows in the forwards that made this row's tokens."""
+        return round(self.shared_rows[key] / self.steps[key], 3) if self.steps.get(key) else 0.0
+
+    def _drop_leaving(self) -> None:
+        if not self._leaving:
+            return
+        keep = [i for i, key in enumerate(self.keys) if key not in self._leaving]
+        self.batch.select(torch.tensor(keep, dtype=torch.long))
+        for key in self._leaving:
+            for table in (self.sampling, self.generators, self.shared_rows, self.steps):
+                table.pop(key, None)
+        self.keys = [self.keys[i] for i in keep]
+        self._leaving.clear()
 
     @torch.no_grad()
-    def step(self) -> dict[int, int]:
-        if self._leaving:
-            keep = [i for i, row in enumerate(self.rows) if row not in self._leaving]
-            self.batch.select(torch.tensor(keep, dtype=torch.long))
-            self.rows = [self.rows[i] for i in keep]
-            self._leaving.clear()
-        if not self.rows:
+    def step(self) -> dict:
+        self._drop_leaving()
+        if not self.keys:
             return {}
         logits = self.batch.forward(self.batch.pending[:, None])[:, -1]
-        tokens = torch.empty(len(self.rows), dtype=torch.long, device=logits.device)
-        # Rows with the same sampling settings draw together (requests in one batch may differ).
+        tokens = torch.empty(len(self.keys), dtype=torch.long, device=logits.device)
+        # Rows with the same settings draw together; a seeded row draws alone from its own stream.
         groups: dict[tuple, list[int]] = {}
-        for i, row in enumerate(self.rows):
-            groups.setdefault((self.temperature[row], self.top_p[row]), []).append(i)
-        for (temperature, top_p), idx in groups.items():
+        for i, key in enumerate(self.keys):
+            s = self.sampling[key]
+            groups.setdefault((s.temperature, s.top_p, key if key in self.generators else None), []).append(i)
+        for (temperature, top_p, seeded), idx in groups.items():
             index = torch.tensor(idx, dtype=torch.long, device=logits.device)
             logp = divergence_logprobs(logits[index], temperature)
-            tokens[index] = sample(logp, temperature <= 0, top_p, self.generator)
+            generator = self.generators[seeded] if seeded is not None else self.generator
+            tokens[index] = sample(logp, temperature <= 0, top_p, generator)
         self.batch.pending = tokens
-        return dict(zip(self.rows, tokens.tolist()))
+        self.forwards += 1
+        self.rows_forwarded += len(self.keys)
+        for key in self.keys:
+            self.shared_rows[key] += len(self.keys)
+            self.steps[key] += 1
+        return dict(zip(self.keys, tokens.tolist()))
+
+
+class RowOutput:
+    """One request's tokens as chunks {"text": delta}, the last with "finish_reason" and "tokens".
+
+    A streaming request gets each delta as it becomes final; any other gets one chunk at the end.
+    """
+
+    def __init__(self, tokenizer, eos: set[int], max_new: int, stop: list[str], ignore_eos: bool = False,
+                 stream: bool = False, prefix: str = ""):
+        self.text = TextStream(tokenizer, stop, prefix)
+        self.eos, self.max_new, self.ignore_eos, self.stream = eos, max_new, ignore_eos, stream
+        self.tokens, self.held, self.finished = 0, "", False
+
+    def push(self, token: int) -> dict | None:
+        """The chunk this token makes, or None when there is nothing to send yet."""
+        self.tokens += 1
+        chunk: dict = {"text": ""}
+        if token in self.eos and not self.ignore_eos:
+            chunk["finish_reason"] = "stop"
+        else:
+            chunk["text"] = self.text.push(token)
+            if self.text.stopped:
+                chunk["finish_reason"] = "stop"
+        if "finish_reason" not in chunk and self.tokens >= self.max_new:
+            chunk["finish_reason"] = "length"
+        if "finish_reason" in chunk:
+            self.finished = True
+            chunk["text"] = self.held + chunk["text"] + self.text.flush()
+            chunk["tokens"] = self.tokens
+            return chunk
+        if not self.stream:
+            self.held += chunk["text"]
+            return None
+        return chunk if chunk["text"] else None
 
 
 class TextStream:

@@ -18,12 +18,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.util import metrics
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.models import context_length, load_tokenizer, model_config
 from serve import contract
+from serve.decode_loop import LoopStopped
 from serve.protocol import (
     NOT_BLANK,
     PROMPT_XOR_MESSAGES,
@@ -42,6 +45,7 @@ from studyhall.config import ServeConfig
 from studyhall.prompts import render
 
 LATENCY_BUCKETS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+UNAVAILABLE = "a model replica was lost while answering, or every replica is full"
 OPEN_PATHS = ("/healthz",)  # answered without the API key (load balancer probes)
 
 app = FastAPI(title="studyhall GKT", description="Teacher guidance + student completion, OpenAI-compatible.")
@@ -67,6 +71,15 @@ async def _http_error(request: Request, err: StarletteHTTPException):
     # err.headers carries the 405's `Allow` (the methods the route takes)
     return JSONResponse(error_body(f"{request.method} {request.url.path}: {err.detail}", kind), status_code=err.status_code,
                         headers=err.headers)
+
+
+@app.exception_handler(RayActorError)  # the replica's actor died or is restarting
+@app.exception_handler(BackPressureError)  # every replica's queue is full
+@app.exception_handler(LoopStopped)  # the replica's model failed; check_health has Serve replace it
+async def _unavailable(request: Request, err: Exception):
+    retry = request.app.state.retry_after_s
+    return JSONResponse(error_body(f"{UNAVAILABLE}: {type(err).__name__}; retry in {retry} s", "server_error", None,
+                                   "replica_unavailable"), status_code=503, headers={"Retry-After": str(retry)})
 
 
 @app.exception_handler(Exception)
@@ -131,6 +144,12 @@ async def _guard(request: Request, call_next):
 _ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/guidance", "/v1/models", "/healthz")
 
 
+async def _chain(first, rest):
+    yield first
+    async for item in rest:
+        yield item
+
+
 def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
@@ -148,6 +167,7 @@ class GKTServer:
         for role, spec in (("teacher", cfg.guide), ("student", cfg.complete)):
             self.models[role] = (load_tokenizer(spec.path, spec.trust_remote_code), context_length(model_config(spec)))
         app.state.api_key = os.environ.get(cfg.api_key_env) or None
+        app.state.retry_after_s = cfg.retry_after_s
         schema = contract.openapi(app, cfg, app.state.api_key is not None, OPEN_PATHS)
         app.openapi = lambda: schema  # what /openapi.json serves (FastAPI would derive one without the config)
         app.state.requests = metrics.Counter("studyhall_gkt_requests", description="HTTP requests by route and status",
@@ -171,15 +191,15 @@ class GKTServer:
             "teacher": self.cfg.guide.path, "student": self.cfg.complete.path,
             "default_guidance_tokens": self.cfg.guidance_tokens, "max_tokens_limit": self.cfg.max_tokens_limit}]}
 
-    @app.post("/v1/completions", responses=contract.responses(contract.Completion, 400, 404, stream=True))
+    @app.post("/v1/completions", responses=contract.responses(contract.Completion, 400, 404, 503, stream=True))
     async def completions(self, body: CompletionRequest):
         return await self._respond(body, {"prompt": body.prompt_text()}, chat=False)
 
-    @app.post("/v1/chat/completions", responses=contract.responses(contract.ChatCompletion, 400, 404, stream=True))
+    @app.post("/v1/chat/completions", responses=contract.responses(contract.ChatCompletion, 400, 404, 503, stream=True))
     async def chat_completions(self, body: ChatRequest):
         return await self._respond(body, {"messages": [{"role": m.role, "content": m.text()} for m in body.messages]}, chat=True)
 
-    @app.post("/v1/guidance", responses=contract.responses(contract.Guidance, 400, 404))
+    @app.post("/v1/guidance", responses=contract.responses(contract.Guidance, 400, 404, 503))
     async def guidance(self, body: GuidanceRequest):
         source = {"prompt": body.prompt} if hasattr(body, "prompt") else {
             "messages": [{"role": m.role, "content": m.text()} for m in body.messages]}
@@ -191,11 +211,11 @@ class GKTServer:
             raise ApiError(400, f"guidance_tokens: must be in [1, {self.cfg.max_tokens_limit}], got {k}", "guidance_tokens", "invalid_value")
         prompt_tokens = self._check_prompt(source, "teacher", k)
         out = await self.teacher.guide.remote({**source, "max_new": k, "temperature": body.temperature,
-                                               "top_p": body.top_p, "stop": body.stop_list()})
+                                               "top_p": body.top_p, "seed": body.seed, "stop": body.stop_list()})
         self.guidance_tokens.inc(out["tokens"])
         return {"id": new_id("guide"), "object": "guidance", "created": int(time.time()), "model": self.cfg.model_name,
                 "guidance": out["text"], "guidance_tokens": out["tokens"], "finish_reason": out["finish_reason"],
-                "teacher_batch_size": out["batch_size"], "usage": usage(prompt_tokens, out["tokens"])}
+                "teacher_rows_per_forward": out["rows_per_forward"], "usage": usage(prompt_tokens, out["tokens"])}
 
     # ---- checks ----
 
@@ -233,7 +253,7 @@ class GKTServer:
             prompt_tokens = self._check_prompt(source, "teacher", k)
         if k < max_tokens:
             prompt_tokens = self._check_prompt(source, "student", max_tokens)
-        job = {**source, "temperature": body.temperature, "top_p": body.top_p, "stop": body.stop_list(),
+        job = {**source, "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": body.stop_list(),
                "ignore_eos": body.ignore_eos, "stream": body.stream}
         return job, max_tokens, k, prompt_tokens
 
@@ -243,12 +263,14 @@ class GKTServer:
         job, max_tokens, k, prompt_tokens = self._plan(body, source, chat)
         rid = new_id("chatcmpl" if chat else "cmpl")
         name = self.cfg.model_name
+        pieces = self._answer(job, max_tokens, k)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(self._sse(rid, chat, job, max_tokens, k, prompt_tokens, include_usage),
+            first = await anext(pieces)  # before the headers: a replica lost until here is still a 503
+            return StreamingResponse(self._sse(rid, chat, _chain(first, pieces), prompt_tokens, include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         text, info = "", {}
-        async for piece in self._answer(job, max_tokens, k):
+        async for piece in pieces:
             if isinstance(piece, str):
                 text += piece
             else:
@@ -256,10 +278,10 @@ class GKTServer:
         finish, completion_tokens = info.pop("finish_reason"), info.pop("completion_tokens")
         return completion_body(rid, name, chat, text, finish, usage(prompt_tokens, completion_tokens), info)
 
-    async def _sse(self, rid, chat, job, max_tokens, k, prompt_tokens, include_usage):
+    async def _sse(self, rid, chat, pieces, prompt_tokens, include_usage):
         name, first = self.cfg.model_name, True
         try:
-            async for piece in self._answer(job, max_tokens, k):
+            async for piece in pieces:
                 if isinstance(piece, str):
                     yield _event(chunk_body(rid, name, chat, piece, first=first))
                     first = False
@@ -268,6 +290,8 @@ class GKTServer:
                     yield _event(chunk_body(rid, name, chat, None, finish, first=first, gkt=piece))
                     if include_usage:
                         yield _event(usage_chunk(rid, name, chat, usage(prompt_tokens, completion_tokens)))
+        except (RayActorError, BackPressureError, LoopStopped) as err:  # headers are gone: report in-band
+            yield _event(error_body(f"{UNAVAILABLE}: {type(err).__name__}; retry", "server_error", None, "replica_unavailable"))
         except Exception as err:  # headers are gone already: report in-band, the way OpenAI streams do
             yield _event(error_body(f"internal error: {type(err).__name__}: {err}", "server_error"))
         yield "data: [DONE]\n\n"
@@ -275,12 +299,13 @@ class GKTServer:
     async def _answer(self, job: dict, max_tokens: int, k: int):
         """Text deltas (str), then one dict: finish_reason, the guidance and who wrote how many tokens."""
         started = time.perf_counter()
-        info = {"guidance": "", "guidance_tokens": 0, "student_tokens": 0, "teacher_batch_size": 0, "student_batch_size": 0}
+        info = {"guidance": "", "guidance_tokens": 0, "student_tokens": 0, "teacher_rows_per_forward": 0.0,
+                "student_rows_per_forward": 0.0}
         finish = None
         if k > 0:
             guide = await self.teacher.guide.remote({**job, "max_new": k})
             self.guidance_tokens.inc(guide["tokens"])
-            info.update(guidance=guide["text"], guidance_tokens=guide["tokens"], teacher_batch_size=guide["batch_size"])
+            info.update(guidance=guide["text"], guidance_tokens=guide["tokens"], teacher_rows_per_forward=guide["rows_per_forward"])
             finish = guide["finish_reason"] if (guide["finish_reason"] == "stop" or guide["tokens"] >= max_tokens) else None
             if guide["text"]:
                 yield guide["text"]
@@ -292,7 +317,7 @@ class GKTServer:
                     yield chunk["text"]
                 if "finish_reason" in chunk:
                     finish = chunk["finish_reason"]
-                    info.update(student_tokens=chunk["tokens"], student_batch_size=chunk["batch_size"])
+                    info.update(student_tokens=chunk["tokens"], student_rows_per_forward=chunk["rows_per_forward"])
         mode = "student" if k == 0 else "teacher" if k >= max_tokens else "gkt"
         self.answer_latency.observe(1000 * (time.perf_counter() - started), tags={"mode": mode})
         yield {**info, "finish_reason": finish or "length",

@@ -58,8 +58,8 @@ class ServedModel(ModelConfig):
     """A model behind one Ray Serve deployment: the ModelConfig fields plus how Serve scales it."""
     num_replicas: int = 1
     autoscaling_config: dict = field(default_factory=dict)  # Serve's autoscaling_config; when set it replaces num_replicas
-    max_batch_size: int = 8  # @serve.batch: requests generated together in one padded forward loop
-    batch_wait_timeout_s: float = 0.02  # @serve.batch: how long a batch waits to fill
+    max_batch_size: int = 32  # rows in a replica's running decode batch; more requests wait for a row to free
+    prefill_budget: int = 512  # prompt tokens a replica prefills per step (the first newcomer always gets in)
 
 
 @dataclass
@@ -77,6 +77,7 @@ class ServeConfig:
     port: int = 8000
     api_key_env: str = "STUDYHALL_API_KEY"  # when this variable is set, requests need "Authorization: Bearer <it>"
     sampling_seed: int = 0
+    retry_after_s: int = 10  # the Retry-After of a 503 (a replica lost mid-request): about a replica's start time
 
 
 METHODS = ("sft", "kd", "seqkd", "gkd", "skd", "distillm", "switch")
@@ -308,6 +309,7 @@ def _serve_checks(v: ServeConfig) -> list:
         (v.ingress_num_cpus >= 0, f"serve.ingress_num_cpus={v.ingress_num_cpus}: must be >= 0"),
         (0 <= v.port <= 65535, f"serve.port={v.port}: must be in [0, 65535]"),
         (bool(v.model_name.strip()), "serve.model_name: must not be empty"),
+        (v.retry_after_s >= 1, f"serve.retry_after_s={v.retry_after_s}: must be >= 1"),
     ]
     for role in ("guide", "complete"):
         m = getattr(v, role)
@@ -316,7 +318,7 @@ def _serve_checks(v: ServeConfig) -> list:
             (m.num_cpus >= 0 and m.num_gpus >= 0, f"serve.{role}: num_cpus and num_gpus must be >= 0"),
             (m.num_replicas >= 1, f"serve.{role}.num_replicas={m.num_replicas}: must be >= 1"),
             (m.max_batch_size >= 1, f"serve.{role}.max_batch_size={m.max_batch_size}: must be >= 1"),
-            (m.batch_wait_timeout_s >= 0, f"serve.{role}.batch_wait_timeout_s={m.batch_wait_timeout_s}: must be >= 0"),
+            (m.prefill_budget >= 1, f"serve.{role}.prefill_budget={m.prefill_budget}: must be >= 1"),
             (_autoscaling_error(m.autoscaling_config) is None,
              f"serve.{role}.autoscaling_config: {_autoscaling_error(m.autoscaling_config)}"),
         ]

@@ -8,7 +8,7 @@ import urllib.request
 MODEL = "studyhall-gkt"
 # Fractions of a CPU, so the app fits the session's 2-CPU Ray next to other tests' actors.
 SMALL = ["serve.guide.num_cpus=0.25", "serve.complete.num_cpus=0.25", "serve.ingress_num_cpus=0",
-         "serve.guide.batch_wait_timeout_s=0.1", "serve.complete.batch_wait_timeout_s=0.1", "serve.default_max_tokens=8"]
+         "serve.default_max_tokens=8"]
 
 
 def free_port() -> int:

@@ -93,8 +93,8 @@ def test_teacher_batches_concurrent_requests(client):
 
     with ThreadPoolExecutor(8) as pool:
         seen = list(pool.map(ask, range(8)))
-    assert max(s["teacher_batch_size"] for s in seen) > 1  # one teacher forward loop served several requests
-    assert max(s["student_batch_size"] for s in seen) > 1
+    assert max(s["teacher_rows_per_forward"] for s in seen) > 1  # requests shared the teacher's forwards
+    assert max(s["student_rows_per_forward"] for s in seen) > 1
 
 
 def test_api_key(url):

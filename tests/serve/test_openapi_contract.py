@@ -26,8 +26,6 @@ TIME_BOX_S = 150
 @pytest.fixture(scope="module")
 def url(serve_shutdown):
     return start_app([f"serve.max_tokens_limit={LIMIT}", f"serve.default_max_tokens={LIMIT}", "serve.guidance_tokens=2",
-                      # one request at a time comes from schemathesis: no reason to wait for a batch to fill
-                      "serve.guide.batch_wait_timeout_s=0", "serve.complete.batch_wait_timeout_s=0",
                       "serve.guide.path=tiny:teacher",  # the contract is the same with the cheaper tiny teacher: 3x faster
                       "serve.api_key_env=STUDYHALL_CONTRACT_KEY"], env={"STUDYHALL_CONTRACT_KEY": KEY})
 
