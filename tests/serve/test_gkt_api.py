@@ -1,6 +1,7 @@
 """The GKT app over real HTTP on 127.0.0.1 (tiny preset): the official openai client, plain HTTP,
 batching under concurrent load, the API key, and the bad-input suite."""
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -95,6 +96,35 @@ def test_teacher_batches_concurrent_requests(client):
         seen = list(pool.map(ask, range(8)))
     assert max(s["teacher_rows_per_forward"] for s in seen) > 1  # requests shared the teacher's forwards
     assert max(s["student_rows_per_forward"] for s in seen) > 1
+
+
+def test_a_later_request_joins_the_running_batch(client):
+    """Continuous batching: a request sent while another is being decoded shares its forwards at once
+    (a batch that formed and ran to the end would leave it waiting, alone, with 1 row per forward)."""
+    def ask(prompt, max_tokens):
+        return client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens,
+                                         extra_body={"guidance_tokens": 0, **EXACT}).model_extra["gkt"]
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(ask, "A long answer about rivers", 200)
+        time.sleep(1.0)
+        second = pool.submit(ask, "A short one", 20)
+        late, early = second.result(), first.result()
+    assert late["student_rows_per_forward"] == 2.0  # every one of its forwards also carried the first request
+    assert 1.0 < early["student_rows_per_forward"] < 2.0
+
+
+def test_a_seed_gives_the_same_sampled_answer_whatever_runs_beside_it(client):
+    def ask(i, seed=None):
+        return client.completions.create(model=MODEL, prompt="Seeded" if seed else f"Noise {i}", max_tokens=8,
+                                         temperature=1.0, seed=seed, extra_body={"guidance_tokens": 3, **EXACT}).choices[0].text
+
+    alone = ask(0, seed=42)
+    with ThreadPoolExecutor(4) as pool:
+        crowd = [pool.submit(ask, i) for i in range(3)]
+        beside = pool.submit(ask, 9, seed=42)
+        [c.result() for c in crowd]
+    assert beside.result() == alone and ask(0, seed=43) != alone
 
 
 def test_api_key(url):
