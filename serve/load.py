@@ -45,6 +45,6 @@ def drive(url: str, bodies: list[dict], concurrency: int, budget_s: float, heade
         "rps": round(ok / run["wall_s"], 3) if run["wall_s"] > 0 else 0.0,
         "p50_ms": round(float(np.percentile(latencies_ms, 50)), 1) if ok else None,
         "p99_ms": round(float(np.percentile(latencies_ms, 99)), 1) if ok else None,
-        "responses": [r["body"] if r["ok"] else None for r in run["results"]],
+        "responses": [r["body"] if r and r["ok"] else None for r in run["results"]],  # None: failed or never sent (budget)
         "latencies_ms": [round(1000 * r["latency_s"], 1) if r else None for r in run["results"]],
     }
