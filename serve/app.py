@@ -22,8 +22,9 @@ APP_NAME = "gkt"
 def deployment_options(spec: ServedModel) -> dict:
     options = {
         "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus, "resources": dict(spec.resources)},
-        # A replica takes a batch being generated plus the next one filling up.
+        # A replica decodes max_batch_size rows and holds as many more, to join as rows free up.
         "max_ongoing_requests": 2 * spec.max_batch_size,
+        "max_queued_requests": spec.max_queued_requests,
     }
     if spec.autoscaling_config:
         options["autoscaling_config"] = dict(spec.autoscaling_config)

@@ -73,12 +73,19 @@ async def _http_error(request: Request, err: StarletteHTTPException):
                         headers=err.headers)
 
 
-@app.exception_handler(RayActorError)  # the replica's actor died or is restarting
-@app.exception_handler(BackPressureError)  # every replica's queue is full
-@app.exception_handler(LoopStopped)  # the replica's model failed; check_health has Serve replace it
-async def _unavailable(request: Request, err: Exception):
+class ReplicaUnavailable(Exception):
+    """A model replica died or is restarting (RayActorError), every replica's queue is full
+    (BackPressureError), or a replica's decode loop stopped (LoopStopped). Raised as our own type:
+    Serve installs its own plain-text handler for BackPressureError on the app."""
+
+
+UNAVAILABLE_ERRORS = (RayActorError, BackPressureError, LoopStopped)
+
+
+@app.exception_handler(ReplicaUnavailable)
+async def _unavailable(request: Request, err: ReplicaUnavailable):
     retry = request.app.state.retry_after_s
-    return JSONResponse(error_body(f"{UNAVAILABLE}: {type(err).__name__}; retry in {retry} s", "server_error", None,
+    return JSONResponse(error_body(f"{UNAVAILABLE}: {err}; retry in {retry} s", "server_error", None,
                                    "replica_unavailable"), status_code=503, headers={"Retry-After": str(retry)})
 
 
@@ -210,8 +217,11 @@ class GKTServer:
         if not 1 <= k <= self.cfg.max_tokens_limit:
             raise ApiError(400, f"guidance_tokens: must be in [1, {self.cfg.max_tokens_limit}], got {k}", "guidance_tokens", "invalid_value")
         prompt_tokens = self._check_prompt(source, "teacher", k)
-        out = await self.teacher.guide.remote({**source, "max_new": k, "temperature": body.temperature,
-                                               "top_p": body.top_p, "seed": body.seed, "stop": body.stop_list()})
+        try:
+            out = await self.teacher.guide.remote({**source, "max_new": k, "temperature": body.temperature,
+                                                   "top_p": body.top_p, "seed": body.seed, "stop": body.stop_list()})
+        except UNAVAILABLE_ERRORS as err:
+            raise ReplicaUnavailable(type(err).__name__) from err
         self.guidance_tokens.inc(out["tokens"])
         return {"id": new_id("guide"), "object": "guidance", "created": int(time.time()), "model": self.cfg.model_name,
                 "guidance": out["text"], "guidance_tokens": out["tokens"], "finish_reason": out["finish_reason"],
@@ -266,15 +276,21 @@ class GKTServer:
         pieces = self._answer(job, max_tokens, k)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            first = await anext(pieces)  # before the headers: a replica lost until here is still a 503
+            try:
+                first = await anext(pieces)  # before the headers: a replica lost until here is still a 503
+            except UNAVAILABLE_ERRORS as err:
+                raise ReplicaUnavailable(type(err).__name__) from err
             return StreamingResponse(self._sse(rid, chat, _chain(first, pieces), prompt_tokens, include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         text, info = "", {}
-        async for piece in pieces:
-            if isinstance(piece, str):
-                text += piece
-            else:
-                info = piece
+        try:
+            async for piece in pieces:
+                if isinstance(piece, str):
+                    text += piece
+                else:
+                    info = piece
+        except UNAVAILABLE_ERRORS as err:
+            raise ReplicaUnavailable(type(err).__name__) from err
         finish, completion_tokens = info.pop("finish_reason"), info.pop("completion_tokens")
         return completion_body(rid, name, chat, text, finish, usage(prompt_tokens, completion_tokens), info)
 
@@ -290,7 +306,7 @@ class GKTServer:
                     yield _event(chunk_body(rid, name, chat, None, finish, first=first, gkt=piece))
                     if include_usage:
                         yield _event(usage_chunk(rid, name, chat, usage(prompt_tokens, completion_tokens)))
-        except (RayActorError, BackPressureError, LoopStopped) as err:  # headers are gone: report in-band
+        except UNAVAILABLE_ERRORS as err:  # headers are gone: report in-band
             yield _event(error_body(f"{UNAVAILABLE}: {type(err).__name__}; retry", "server_error", None, "replica_unavailable"))
         except Exception as err:  # headers are gone already: report in-band, the way OpenAI streams do
             yield _event(error_body(f"internal error: {type(err).__name__}: {err}", "server_error"))

@@ -73,7 +73,7 @@ class _Sampling(_Strict):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(None, description="up to 4 strings that end the answer")
-    seed: Int(0, 2**63 - 1) | None = Field(None, description="the request's own random stream: the same seed gives "
+    seed: Int(0, 2**32 - 1) | None = Field(None, description="the request's own random stream: the same seed gives "
                                                          "the same answer, whatever else the server is generating")
     guidance_tokens: Int(0) | None = Field(None, description="k: tokens the teacher writes first (default: serve.guidance_tokens)")
     user: str | None = None  # OpenAI's end-user tag; accepted, not used

@@ -60,6 +60,7 @@ class ServedModel(ModelConfig):
     autoscaling_config: dict = field(default_factory=dict)  # Serve's autoscaling_config; when set it replaces num_replicas
     max_batch_size: int = 32  # rows in a replica's running decode batch; more requests wait for a row to free
     prefill_budget: int = 512  # prompt tokens a replica prefills per step (the first newcomer always gets in)
+    max_queued_requests: int = -1  # Serve's queue in front of the replicas; past it a request gets a 503 (-1: no limit)
 
 
 @dataclass
@@ -319,6 +320,8 @@ def _serve_checks(v: ServeConfig) -> list:
             (m.num_replicas >= 1, f"serve.{role}.num_replicas={m.num_replicas}: must be >= 1"),
             (m.max_batch_size >= 1, f"serve.{role}.max_batch_size={m.max_batch_size}: must be >= 1"),
             (m.prefill_budget >= 1, f"serve.{role}.prefill_budget={m.prefill_budget}: must be >= 1"),
+            (m.max_queued_requests == -1 or m.max_queued_requests >= 1,
+             f"serve.{role}.max_queued_requests={m.max_queued_requests}: must be -1 (no limit) or >= 1"),
             (_autoscaling_error(m.autoscaling_config) is None,
              f"serve.{role}.autoscaling_config: {_autoscaling_error(m.autoscaling_config)}"),
         ]

@@ -1,5 +1,6 @@
 """A model replica killed under load: its requests in flight get an OpenAI-style 503 with Retry-After
-(not a hang, not a bare 500), Serve replaces the replica, and later requests succeed."""
+(not a hang, not a bare 500), Serve replaces the replica, and later requests succeed. A full queue
+sheds load with the same 503."""
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,21 +16,42 @@ pytestmark = pytest.mark.timeout(300)
 RETRY_AFTER = 3
 
 
+def _assert_503s(answers: list) -> None:
+    lost = [detail for status, detail in answers if status == 503]
+    assert lost and all(status in (200, 503) for status, _ in answers)
+    for retry_after, body in lost:
+        assert retry_after == str(RETRY_AFTER)
+        assert body["code"] == "replica_unavailable" and body["type"] == "server_error" and "retry" in body["message"]
+
+
+def _asker(url: str, max_tokens: int):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def ask(i):
+        try:
+            out = client.completions.create(model=MODEL, prompt=f"Request {i}", max_tokens=max_tokens,
+                                            extra_body={"guidance_tokens": 2, "ignore_eos": True})
+            return 200, out.usage.completion_tokens
+        except openai.APIStatusError as err:
+            return err.status_code, (err.response.headers.get("retry-after"), err.body or err.response.text)
+    return ask
+
+
+@pytest.fixture
+def own_serve(ray_local):
+    """Serve started afresh for each test: its HTTP port and app config are the test's own."""
+    serve.shutdown()
+    yield
+    serve.shutdown()
+
+
 def _student():
     return serve.get_deployment_handle("StudentComplete", app_name=APP_NAME)
 
 
-def test_a_killed_student_replica_fails_its_requests_with_503_and_is_replaced(serve_shutdown):
+def test_a_killed_student_replica_fails_its_requests_with_503_and_is_replaced(own_serve):
     url = start_app(["serve.guide.path=tiny:teacher", "serve.max_tokens_limit=1500", f"serve.retry_after_s={RETRY_AFTER}"])
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-    def ask(i):  # long answers, so they are still being written when the replica dies
-        try:
-            out = client.completions.create(model=MODEL, prompt=f"Request {i}", max_tokens=1500,
-                                            extra_body={"guidance_tokens": 2, "ignore_eos": True})
-            return 200, out.usage.completion_tokens
-        except openai.APIStatusError as err:
-            return err.status_code, (err.response.headers.get("retry-after"), err.body)
+    ask = _asker(url, 1500)  # long answers, so they are still being written when the replica dies
 
     old = _student().stats.remote().result()["actor_name"]
     with ThreadPoolExecutor(4) as pool:
@@ -40,11 +62,7 @@ def test_a_killed_student_replica_fails_its_requests_with_503_and_is_replaced(se
         ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
         answers = [a.result(timeout=120) for a in answers]
 
-    lost = [detail for status, detail in answers if status == 503]
-    assert lost and all(status in (200, 503) for status, _ in answers)
-    for retry_after, body in lost:
-        assert retry_after == str(RETRY_AFTER)
-        assert body["code"] == "replica_unavailable" and body["type"] == "server_error" and "retry" in body["message"]
+    _assert_503s(answers)
 
     deadline, status = time.time() + 120, None
     while time.time() < deadline and status != 200:  # Serve starts a new replica; the next requests succeed
@@ -53,3 +71,12 @@ def test_a_killed_student_replica_fails_its_requests_with_503_and_is_replaced(se
             time.sleep(1)
     assert status == 200 and detail == 1500
     assert _student().stats.remote().result()["actor_name"] != old
+
+
+def test_a_full_queue_sheds_load_with_503(own_serve):
+    url = start_app(["serve.guide.path=tiny:teacher", "serve.max_tokens_limit=400", f"serve.retry_after_s={RETRY_AFTER}",
+                     "serve.complete.max_batch_size=1", "serve.complete.max_queued_requests=1"])
+    with ThreadPoolExecutor(8) as pool:  # 2 requests fit the replica (max_ongoing_requests), 1 more the queue
+        answers = list(pool.map(_asker(url, 400), range(8)))
+    _assert_503s(answers)
+    assert [status for status, _ in answers].count(200) >= 2  # the requests let in are answered in full
