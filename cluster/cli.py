@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     bq.add_argument("--steps", type=int, default=None)
     bq.add_argument("--out", required=True)
     bq.add_argument("overrides", nargs="*")
+    bd = bench_sub.add_parser("distill", help="where a distillation step's time goes: seconds per step in each phase, "
+                                               "one run per --vary value")
+    bd.add_argument("--preset", default="smol")
+    bd.add_argument("--method", default="gkd", help="sft | kd | seqkd | gkd | skd | distillm | switch")
+    bd.add_argument("--vary", default=None, help="key=v1,v2: one run per value, e.g. train.max_staleness=0,1")
+    bd.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
+    bd.add_argument("overrides", nargs="*", help="key=value for every run, e.g. steps=8 global_batch=4 answer_tokens=32")
     br = bench_sub.add_parser("restart", help="what a killed teacher or student actor costs a SWITCH run (Ray restarts it)")
     br.add_argument("--preset", default="tiny")
     br.add_argument("--out", required=True)
@@ -155,6 +162,13 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--methods {args.methods!r}: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
             result = run_quality_bench(args.preset, methods, args.steps, args.out, args.overrides)
             print(Path(args.out).with_suffix(".md").read_text())
+            return 0
+        if args.command == "bench" and args.bench == "distill":
+            from cluster.bench.distill import run_bench as run_distill_bench
+
+            if args.method not in METHODS:
+                raise ConfigError(f"--method {args.method!r}: choose from {', '.join(METHODS)}")
+            print(run_distill_bench(args.preset, args.method, args.out, args.vary, args.overrides)["table"])
             return 0
         if args.command == "bench" and args.bench == "gkt":
             from cluster.bench.gkt import run_bench as run_gkt_bench

@@ -21,6 +21,7 @@ from studyhall.config import Config, ConfigError
 from train.bootstrap import compare
 from train.data import examples_digest, load_examples, prompt_token_ids, references_cache_path, split_validation
 from train.methods import NEEDS_SHARED_VOCAB, loss_for
+from train.phases import postfix, steady_state
 from train.report import headline, write_report
 from train.rollout import Rollout
 from train.scoring import labels, summarize
@@ -175,6 +176,9 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
             "teacher_pass_saving": {"reused_positions": counts["reused_positions"], "extra_pass_positions": counts["extra_pass_positions"],
                                     "extra_pass_seconds": counts["extra_pass_seconds"], **saving},
             "generation": {"seconds": counts["generation_seconds"], "tokens": counts["generated_tokens"]},
+            "phases": {"label": "seconds per step on rank 0 (train/phases.py); steady_state leaves out the first step",
+                       "steady_state": steady_state([m["phases"] for m in metrics]),
+                       "per_step": [{"step": m["step"], **m["phases"]} for m in metrics]},
             "method_state": summary["method_state"],
             "student_dir": str(out / "student"),
             "resumed_from": str(resume_from) if resume_from else None,
@@ -245,7 +249,8 @@ def _fit_with_progress(trainer, rollout, steps: int, progress: bool):
                 return ROLLOUT_DIED
             if metrics and metrics[-1]["step"] != bar.n:
                 bar.n = metrics[-1]["step"]
-                bar.set_postfix(loss=f"{metrics[-1]['loss']:.4f}", tok_s=f"{metrics[-1]['tokens_per_s']:.0f}")
+                bar.set_postfix(loss=f"{metrics[-1]['loss']:.4f}", tok_s=f"{metrics[-1]['tokens_per_s']:.0f}",
+                                **postfix(metrics[-1]["phases"]))  # seconds of the last step's phases
                 bar.refresh()
     if "error" in outcome:
         return _first_cause(outcome["error"])

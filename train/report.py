@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from train.phases import PHASES
 from train.scoring import BETTER, METRICS, bucket_start, labels
 
 PLOTS = {"loss": "loss.png", "intervention_by_position": "intervention_by_position.png", "rouge_by_length": "rouge_by_length.png"}
@@ -119,6 +120,7 @@ def _markdown(r: dict) -> str:
         f"- **Teacher-pass saving:** {_flat(r.get('teacher_pass_saving')) or 'none recorded'}",
         f"- **Teacher share by position:** {_shares(r.get('intervention_by_position'))}",
         "",
+        *phase_table((r.get("phases") or {}).get("steady_state") or {}),
         "## Plots",
         "",
         "![Training loss](loss.png)",
@@ -135,6 +137,15 @@ def _markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def phase_table(steady: dict) -> list[str]:
+    """Seconds per step in each phase (train/phases.py), steady state: a Markdown table and a blank line."""
+    if not steady:
+        return []
+    return ["| phase | seconds per step | share |", "|---|---|---|",
+            *[f"| {p} | {steady[p]:.3f} | {steady[p] / max(steady['seconds_per_step'], 1e-9):.0%} |" for p in PHASES],
+            f"| **total** ({steady['steps']} steps after the first) | {steady['seconds_per_step']:.3f} | |", ""]
 
 
 def _overall_table(before: dict, after: dict, difference: dict) -> list[str]:

@@ -19,6 +19,7 @@ from studyhall.config import Config, SwitchConfig
 from studyhall.prompts import PromptItem
 from train.data import Example, load_references, prompt_token_ids, render_prompt, save_references
 from train.methods import make_method
+from train.phases import split_wait
 
 # The teacher writes nothing when tau exceeds any JS value (at most ln 2 < 1), yet still scores
 # every block: student samples come with the teacher's log-probs for free.
@@ -63,6 +64,7 @@ class Rollout:
         self.stop_reason: str | None = None
         self.weights_step = 0  # optimizer steps behind the generation actor's weights
         self.staleness: list[int] = []
+        self.generation_seconds: dict[int, float] = {}  # step -> seconds spent making its batch
         self.metrics: list[dict] = []
         self.val_kl: dict[str, dict] = {}
         self.counts = {"reused_positions": 0, "extra_pass_positions": 0, "extra_pass_seconds": 0.0,
@@ -75,7 +77,9 @@ class Rollout:
         """This rank's share of step `step`'s records; the first rank to ask builds the whole batch."""
         if not self.batch_cache or self.batch_cache[0] != step:
             self.staleness.append(step - 1 - self.weights_step)
+            started = time.perf_counter()
             self.batch_cache = (step, self.method.make(step, self.cfg.train.global_batch))
+            self.generation_seconds[step] = time.perf_counter() - started
         self.last_step = max(self.last_step, step)
         return self.batch_cache[1][rank::world]
 
@@ -98,6 +102,7 @@ class Rollout:
         return self.stop_reason
 
     def log_metrics(self, metrics: dict) -> None:
+        metrics["phases"] = split_wait(metrics["phases"], self.generation_seconds.get(metrics["step"], 0.0))
         self.metrics.append(metrics)
 
     def log_val_kl(self, when: str, step: int, value: float) -> None:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from actors.models import load_model, load_tokenizer
 from train.objective import collate, distill_loss, micro_batches
+from train.phases import PhaseTimer
 
 PROGRESS_FILE = "progress.json"
 DS_TAG = "deepspeed"
@@ -74,16 +75,20 @@ class RolloutGone(RuntimeError):
     retry the group against a rollout that is not coming back. The driver reports it."""
 
 
-def _on_rank0(rank: int, work) -> None:
+def _on_rank0(rank: int, work, timer: PhaseTimer | None = None) -> None:
     """Rank 0 does `work` (calls to the rollout actor); then every rank learns whether the rollout
-    is still there. This is also the barrier: no rank goes on before rank 0 is done."""
+    is still there. This is also the barrier: no rank goes on before rank 0 is done. With a timer,
+    the work counts as the weight push and the wait as the barrier."""
+    timer = timer or PhaseTimer()
     gone = torch.tensor([0.0])
     if rank == 0:
-        try:
-            work()
-        except ray.exceptions.RayActorError:
-            gone[0] = 1.0
-    dist.all_reduce(gone)
+        with timer("weight_push"):
+            try:
+                work()
+            except ray.exceptions.RayActorError:
+                gone[0] = 1.0
+    with timer("barrier"):
+        dist.all_reduce(gone)
     if gone.item():
         raise RolloutGone()
 
@@ -134,15 +139,18 @@ def _train(config: dict) -> None:
             rollout.log_val_kl.remote("start", step, kl_start)
     with_teacher = config["loss"] != "ce"
     started, trained_tokens = time.perf_counter(), 0
+    timer = PhaseTimer()
     while step < t.steps:
         step += 1
-        records = _from_rollout(rollout.batch.remote(step, rank, world))
+        with timer("waiting"):
+            records = _from_rollout(rollout.batch.remote(step, rank, world))
         step_loss, step_tokens = 0.0, 0
         for part in micro_batches(records, t.micro_batch):
-            batch = collate(part, pad_id, with_teacher)
-            batch_on = {k: v.to(engine.device) for k, v in (("input_ids", batch.input_ids), ("attention_mask", batch.attention_mask))}
-            logits = engine(**batch_on).logits
-            loss = distill_loss(logits, _to(batch, engine.device), config["loss"], t.beta, t.alpha, t.loss_temperature)
+            with timer("forward_backward"):
+                batch = collate(part, pad_id, with_teacher)
+                batch_on = {k: v.to(engine.device) for k, v in (("input_ids", batch.input_ids), ("attention_mask", batch.attention_mask))}
+                logits = engine(**batch_on).logits
+                loss = distill_loss(logits, _to(batch, engine.device), config["loss"], t.beta, t.alpha, t.loss_temperature)
             if not _all_finite(loss):
                 # Stop every rank before the bad update. Returning, not raising: Ray Train would
                 # retry a raise from the last checkpoint (FailureConfig), for a loss that diverged.
@@ -151,15 +159,19 @@ def _train(config: dict) -> None:
                     f"NonFiniteLoss: the loss became {seen} at step {step}; stopped before the update. "
                     "The last good checkpoint is kept; try a lower lr or grad_clip.")))
                 return
-            engine.backward(loss)
-            engine.step()
+            with timer("forward_backward"):
+                engine.backward(loss)
+            with timer("optimizer"):
+                engine.step()
             step_loss += loss.item() / math.ceil(len(records) / t.micro_batch)
             step_tokens += batch.tokens
         trained_tokens += step_tokens
         mean_loss = _mean_over_ranks(step_loss, world)
 
-        state = full_state_dict(engine, t.zero_stage) if step % t.push_every == 0 or step == t.steps else None
-        val = _val_loss(engine, config, rollout, pad_id, config["loss"]) if t.method == "distillm" and step % t.val_every == 0 else None
+        with timer("weight_push"):
+            state = full_state_dict(engine, t.zero_stage) if step % t.push_every == 0 or step == t.steps else None
+        with timer("validation"):
+            val = _val_loss(engine, config, rollout, pad_id, config["loss"]) if t.method == "distillm" and step % t.val_every == 0 else None
 
         def to_rollout():
             if state is not None:
@@ -167,18 +179,20 @@ def _train(config: dict) -> None:
             if val is not None:
                 ray.get(rollout.observe_val_loss.remote(step, val))
 
-        _on_rank0(rank, to_rollout)  # the next batch is generated only after the push
+        _on_rank0(rank, to_rollout, timer)  # the next batch is generated only after the push
         del state
 
         elapsed = time.perf_counter() - started
         metrics = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
                    "tokens": trained_tokens * world, "tokens_per_s": trained_tokens * world / max(elapsed, 1e-9)}
+        with timer("checkpoint"):
+            if step % t.checkpoint_every == 0 or step == t.steps:
+                _report_with_checkpoint(engine, metrics, rank)
+            else:
+                ray.train.report(metrics)
+        phases = timer.take()  # rank 0's: the rollout adds the generation inside its wait
         if rank == 0:
-            rollout.log_metrics.remote(metrics)
-        if step % t.checkpoint_every == 0 or step == t.steps:
-            _report_with_checkpoint(engine, metrics, rank)
-        else:
-            ray.train.report(metrics)
+            rollout.log_metrics.remote({**metrics, "phases": phases})
 
     if measure_kl:
         kl_end = _val_loss(engine, config, rollout, pad_id, "fkl")

@@ -1,6 +1,7 @@
 """Distillation end to end on the tiny preset: real Ray Train workers, real DeepSpeed steps, the real
 rollout actor with the SWITCH engine. Each test states the claim it checks."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from studyhall.config import load_config
 from studyhall.distill_math import kl
 from train.data import load_examples, prompt_token_ids, split_validation
 from train.distill import run_distill
+from train.phases import PHASES
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -61,6 +63,19 @@ def test_two_worker_zero2_lowers_loss_and_kl_to_teacher(zero2_run):
     assert kl["end"]["kl"] < kl["start"]["kl"], kl
     assert report["config"]["train"]["zero_stage"] == 2 and report["config"]["train"]["num_workers"] == 2
     assert report["staleness_steps"] == {"mean": 0.0, "max": 0}  # pushed every step, before the next batch
+
+
+def test_the_report_breaks_each_step_into_phases(zero2_run):
+    _, report = zero2_run
+    per_step = report["phases"]["per_step"]
+    assert [p["step"] for p in per_step] == list(range(1, 7))
+    for p in per_step:  # generation, training and the push happen every step of a strictly alternating run
+        assert all(p[phase] >= 0 for phase in PHASES)
+        assert p["generation"] > 0 and p["forward_backward"] > 0 and p["optimizer"] > 0 and p["weight_push"] > 0
+        assert p["validation"] == 0  # kd has no held-out loss in its loop
+    steady = report["phases"]["steady_state"]
+    assert steady["steps"] == 5 and abs(steady["seconds_per_step"] - sum(steady[p] for p in PHASES)) < 0.01
+    assert "| forward_backward |" in Path(report["files"]["md"]).read_text()
 
 
 def _full_vocab_kl(student_path: str, data: str, cfg) -> dict:

@@ -1,0 +1,57 @@
+"""`studyhall bench distill`: where a distillation step's time goes, one full `studyhall distill` run
+per setting compared (e.g. `--vary train.max_staleness=0,1`), each phase in seconds per step.
+
+The figures are the runs' own `report.json` → `phases` (train/phases.py): rank 0's steady-state
+mean (the steps after the first), the end-to-end train tokens/s, and the run's wall time.
+"""
+import json
+import sys
+from pathlib import Path
+
+from studyhall.config import ConfigError, load_config
+from train.distill import run_distill
+from train.phases import PHASES
+
+
+def settings(vary: str | None) -> list[list[str]]:
+    """`key=v1,v2` -> [[key=v1], [key=v2]]; no --vary: one run as configured."""
+    if not vary:
+        return [[]]
+    key, sep, values = vary.partition("=")
+    if not sep or not key or not values:
+        raise ConfigError(f"--vary {vary!r}: expected key=value1,value2 (e.g. train.max_staleness=0,1)")
+    return [[f"{key}={v.strip()}"] for v in values.split(",") if v.strip()]
+
+
+def run_bench(preset: str, method: str, out: str, vary: str | None, overrides: list[str]) -> dict:
+    out_path = Path(out)
+    runs = []
+    for setting in settings(vary):
+        cfg = load_config(preset, [*overrides, f"train.method={method}", *setting])
+        label = " ".join(setting) or "as configured"
+        run_dir = out_path.parent / f"{out_path.stem}_runs" / (label.replace(" ", "_").replace("=", "-") or "default")
+        print(f"bench distill: {method} on {preset}, {label} -> {run_dir}", file=sys.stderr, flush=True)
+        report = run_distill(cfg, str(run_dir), progress=True)
+        runs.append({"setting": label, "report": str(run_dir / "report.json"), "seconds": report["seconds"],
+                     "tokens_per_s": report["tokens_per_s"], "train_tokens": report["train_tokens"],
+                     "staleness_steps": report["staleness_steps"], "phases": report["phases"]["steady_state"]})
+    result = {"preset": preset, "method": method, "overrides": overrides, "runs": runs}
+    result["table"] = markdown(result)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    out_path.with_suffix(".md").write_text(result["table"] + "\n")
+    return result
+
+
+def markdown(result: dict) -> str:
+    runs = result["runs"]
+    lines = [f"Distillation time per step, `{result['method']}` on `{result['preset']}` "
+             f"(steady state: the steps after the first; rank 0; seconds)", "",
+             "| phase | " + " | ".join(r["setting"] for r in runs) + " |", "|---|" + "---|" * len(runs)]
+    for phase in PHASES:
+        lines.append(f"| {phase} | " + " | ".join(f"{r['phases'].get(phase, 0):.3f}" for r in runs) + " |")
+    lines.append("| **seconds per step** | " + " | ".join(f"**{r['phases'].get('seconds_per_step', 0):.3f}**" for r in runs) + " |")
+    lines.append("| train tokens/s (end to end) | " + " | ".join(f"{r['tokens_per_s']}" for r in runs) + " |")
+    lines.append("| staleness (mean, max) | " + " | ".join(
+        f"{r['staleness_steps']['mean']}, {r['staleness_steps']['max']}" for r in runs) + " |")
+    return "\n".join(lines)
