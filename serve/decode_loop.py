@@ -95,6 +95,12 @@ class DecodeLoop:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        try:
+            await self._serve_forever()
+        except Exception as err:  # noqa: BLE001  a step or a row's text failed: every request learns it, check_health reports it
+            self._fail(err)
+
+    async def _serve_forever(self) -> None:
         while True:
             self._drop_abandoned()
             if not self.running and not self.waiting:
@@ -103,12 +109,8 @@ class DecodeLoop:
                 continue
             newcomers = self._admit()
             self.waiting_at_step += len(self.waiting)
-            try:
-                async with self._model_lock:
-                    tokens = await asyncio.to_thread(self._step, newcomers)
-            except Exception as err:  # noqa: BLE001  every request learns it; check_health reports it
-                self._fail(err)
-                return
+            async with self._model_lock:
+                tokens = await asyncio.to_thread(self._step, newcomers)
             for key, token in tokens.items():
                 request = self.running[key]
                 chunk = request.output.push(token)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actors.models import load_model
-from serve.decode_loop import DecodeLoop
+from serve.decode_loop import DecodeLoop, LoopStopped
 from serve.decoding import RowOutput, RunningBatch, Sampling
 from studyhall.config import ModelConfig
 
@@ -121,3 +121,26 @@ def test_an_abandoned_request_leaves_the_batch(teacher, tiny_tokenizer, prompts)
     loop = asyncio.run(main())
     # the abandoned 500-token request stopped decoding: a few forwards, not 500
     assert loop.stats()["running"] == 0 and loop.batch.forwards < 20
+
+
+def test_a_failed_step_fails_every_request_and_the_health_probe(teacher, tiny_tokenizer, prompts):
+    class Broken(torch.nn.Module):  # a model whose device went away
+        config = teacher.config
+
+        def forward(self, **kwargs):
+            raise RuntimeError("device lost")
+
+    async def main():
+        loop = DecodeLoop(Broken(), torch.device("cpu"), None, max_batch_size=4, prefill_budget=512)
+
+        async def ask(i):
+            output = RowOutput(tiny_tokenizer, set(), 4, [], ignore_eos=True)
+            return [c async for c in loop.generate(prompts[i], Sampling(temperature=0.0), output)]
+
+        failed = await asyncio.gather(ask(0), ask(2), return_exceptions=True)
+        with pytest.raises(LoopStopped, match="device lost"):
+            await loop.probe()  # check_health: Serve replaces the replica
+        return failed
+
+    failed = asyncio.run(main())
+    assert all(isinstance(f, LoopStopped) and "device lost" in str(f) for f in failed)
