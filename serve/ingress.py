@@ -9,6 +9,7 @@ works on it: the error handlers below turn FastAPI's validation errors (malforme
 mistyped fields) and our own checks (model name, max_tokens, context length) into that body.
 Each route declares every status it can return (serve/contract.py); `/openapi.json` is that contract.
 """
+import contextlib
 import hmac
 import json
 import os
@@ -80,6 +81,15 @@ class ReplicaUnavailable(Exception):
 
 
 UNAVAILABLE_ERRORS = (RayActorError, BackPressureError, LoopStopped)
+
+
+@contextlib.contextmanager
+def _replicas_answer():
+    """Around calls to the model deployments: their unavailability becomes a 503 (ReplicaUnavailable)."""
+    try:
+        yield
+    except UNAVAILABLE_ERRORS as err:
+        raise ReplicaUnavailable(type(err).__name__) from err
 
 
 @app.exception_handler(ReplicaUnavailable)
@@ -217,11 +227,9 @@ class GKTServer:
         if not 1 <= k <= self.cfg.max_tokens_limit:
             raise ApiError(400, f"guidance_tokens: must be in [1, {self.cfg.max_tokens_limit}], got {k}", "guidance_tokens", "invalid_value")
         prompt_tokens = self._check_prompt(source, "teacher", k)
-        try:
+        with _replicas_answer():
             out = await self.teacher.guide.remote({**source, "max_new": k, "temperature": body.temperature,
                                                    "top_p": body.top_p, "seed": body.seed, "stop": body.stop_list()})
-        except UNAVAILABLE_ERRORS as err:
-            raise ReplicaUnavailable(type(err).__name__) from err
         self.guidance_tokens.inc(out["tokens"])
         return {"id": new_id("guide"), "object": "guidance", "created": int(time.time()), "model": self.cfg.model_name,
                 "guidance": out["text"], "guidance_tokens": out["tokens"], "finish_reason": out["finish_reason"],
@@ -276,21 +284,17 @@ class GKTServer:
         pieces = self._answer(job, max_tokens, k)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            try:
+            with _replicas_answer():
                 first = await anext(pieces)  # before the headers: a replica lost until here is still a 503
-            except UNAVAILABLE_ERRORS as err:
-                raise ReplicaUnavailable(type(err).__name__) from err
             return StreamingResponse(self._sse(rid, chat, _chain(first, pieces), prompt_tokens, include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         text, info = "", {}
-        try:
+        with _replicas_answer():
             async for piece in pieces:
                 if isinstance(piece, str):
                     text += piece
                 else:
                     info = piece
-        except UNAVAILABLE_ERRORS as err:
-            raise ReplicaUnavailable(type(err).__name__) from err
         finish, completion_tokens = info.pop("finish_reason"), info.pop("completion_tokens")
         return completion_body(rid, name, chat, text, finish, usage(prompt_tokens, completion_tokens), info)
 
