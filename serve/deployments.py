@@ -41,7 +41,7 @@ class _ModelReplica:
         generator = torch.Generator(self.device).manual_seed(sampling_seed)
         self.loop = DecodeLoop(self.model, self.device, generator, spec.max_batch_size, spec.prefill_budget)
         self.rows = metrics.Histogram(f"studyhall_gkt_{self.role}_rows_per_forward",
-                                      description=f"rows in each {self.role} decode forward", boundaries=ROWS_BUCKETS)
+                                      description=f"per answer: mean rows in the {self.role} forwards that wrote it", boundaries=ROWS_BUCKETS)
         self.tokens = metrics.Counter(f"studyhall_gkt_{self.role}_tokens", description=f"tokens the {self.role} generated")
         self._warm_up()
 
