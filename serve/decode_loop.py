@@ -50,8 +50,7 @@ class DecodeLoop:
 
     async def generate(self, prompt: list[int], sampling: Sampling, output: RowOutput):
         """Yield this request's chunks as the loop makes them; the last one has "finish_reason"."""
-        if self.failure is not None:
-            raise LoopStopped(f"the decode loop stopped: {self.failure!r}")
+        self._check_running()
         request = _Request(next(self._keys), prompt, sampling, output)
         self._start()
         self.waiting.append(request)
@@ -69,8 +68,7 @@ class DecodeLoop:
 
     async def probe(self) -> None:
         """A one-token forward of the model, between two steps: proof that it still answers."""
-        if self.failure is not None:
-            raise LoopStopped(f"the decode loop stopped: {self.failure!r}")
+        self._check_running()
         self._start()
         token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         async with self._model_lock:
@@ -88,6 +86,10 @@ class DecodeLoop:
                 "prefill_tokens": b.prefill_tokens, "waiting_at_step": self.waiting_at_step,
                 "mean_rows_per_forward": round(b.rows_forwarded / b.forwards, 3) if b.forwards else 0.0,
                 "running": len(self.running), "waiting": len(self.waiting), "max_batch_size": self.max_batch_size}
+
+    def _check_running(self) -> None:
+        if self.failure is not None:
+            raise LoopStopped(f"the decode loop stopped: {self.failure!r}")
 
     def _start(self) -> None:
         if self._task is None:  # created on first use, on the replica's event loop

@@ -30,8 +30,9 @@ class RunningBatch:
         self.keys: list = []  # the key of each batch position
         self.sampling: dict = {}
         self.generators: dict = {}  # key -> its own generator, for rows with a seed
-        self.shared_rows: dict = {}  # key -> sum over its forwards of the rows in them
-        self.steps: dict = {}  # key -> forwards it took part in
+        # key -> (forwards, rows_forwarded) when it joined: a row is in every forward until it leaves,
+        # so the counters' growth since then is its forwards and the rows that shared them
+        self.joined_at: dict = {}
         self._leaving: set = set()
         self.forwards = self.rows_forwarded = self.prefills = self.prefill_tokens = 0
 
@@ -44,7 +45,7 @@ class RunningBatch:
         self.batch.extend([prompt for _, prompt, _ in rows])
         for key, prompt, sampling in rows:
             self.keys.append(key)
-            self.sampling[key], self.shared_rows[key], self.steps[key] = sampling, 0, 0
+            self.sampling[key], self.joined_at[key] = sampling, (self.forwards, self.rows_forwarded)
             if sampling.seed is not None:
                 self.generators[key] = torch.Generator(self.device).manual_seed(sampling.seed)
             self.prefill_tokens += len(prompt) - 1
@@ -57,7 +58,9 @@ class RunningBatch:
 
     def rows_per_forward(self, key) -> float:
         """The mean number of rows in the forwards that made this row's tokens."""
-        return round(self.shared_rows[key] / self.steps[key], 3) if self.steps.get(key) else 0.0
+        forwards, rows = self.joined_at[key]
+        steps = self.forwards - forwards
+        return round((self.rows_forwarded - rows) / steps, 3) if steps else 0.0
 
     def _drop_leaving(self) -> None:
         if not self._leaving:
@@ -65,7 +68,7 @@ class RunningBatch:
         keep = [i for i, key in enumerate(self.keys) if key not in self._leaving]
         self.batch.select(torch.tensor(keep, dtype=torch.long))
         for key in self._leaving:
-            for table in (self.sampling, self.generators, self.shared_rows, self.steps):
+            for table in (self.sampling, self.generators, self.joined_at):
                 table.pop(key, None)
         self.keys = [self.keys[i] for i in keep]
         self._leaving.clear()
@@ -90,9 +93,6 @@ class RunningBatch:
         self.batch.pending = tokens
         self.forwards += 1
         self.rows_forwarded += len(self.keys)
-        for key in self.keys:
-            self.shared_rows[key] += len(self.keys)
-            self.steps[key] += 1
         return dict(zip(self.keys, tokens.tolist()))
 
 

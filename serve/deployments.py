@@ -18,7 +18,7 @@ from ray.util import metrics
 
 from actors.models import context_length, eos_ids, load_model, load_tokenizer, pick_device
 from serve.decode_loop import DecodeLoop
-from serve.decoding import RowOutput, Sampling
+from serve.decoding import RowOutput, RunningBatch, Sampling
 from studyhall.config import ServedModel
 from studyhall.prompts import render
 
@@ -47,12 +47,10 @@ class _ModelReplica:
 
     def _warm_up(self) -> None:
         """First forwards pay one-off costs; pay them before traffic arrives."""
-        batch = self.loop.batch
+        batch = RunningBatch(self.model, self.device, None)  # apart from the loop's, whose counters stay at zero
         batch.join([("warm-up", self.prompt_ids({"prompt": "Hello"}), Sampling())])
         for _ in range(2):
             batch.step()
-        batch.leave("warm-up")
-        batch.forwards = batch.rows_forwarded = batch.prefills = batch.prefill_tokens = 0
 
     async def check_health(self) -> None:
         """Serve calls this every health_check_period_s: the decode loop is alive and the model answers a
