@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     br.add_argument("--kill-after", type=int, default=None, help="finished sequences before the kill (default: a quarter of --limit)")
     br.add_argument("--role", default="teacher", help="teacher | student")
     br.add_argument("overrides", nargs="*")
-    gb = bench_sub.add_parser("gkt", help="GKT serving over HTTP: GKT at k, teacher alone, student alone, at 1/8/32 in flight")
+    gb = bench_sub.add_parser("gkt", help="GKT serving over HTTP: GKT at k, teacher alone, student alone, at 1/8/32/64 in flight")
     gb.add_argument("--preset", default="tiny")
     gb.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
     gb.add_argument("--requests", type=int, default=None, help="requests per mode and concurrency (default from preset)")

@@ -1,6 +1,6 @@
 """The OpenAI-compatible request bodies, the error body, and the response bodies of the GKT API.
 
-Requests are strict: a field of the wrong type or a field this server does not implement (`seed`,
+Requests are strict: a field of the wrong type or a field this server does not implement (
 `logprobs`, `tools`, ...) is a 400 naming it, rather than being silently ignored.
 The one extra field is `guidance_tokens` (k): 0 = the student alone, >= max_tokens = the teacher alone.
 
