@@ -12,8 +12,10 @@ import numpy as np
 import ray
 import torch
 
+from actors import weights
 from actors.kv_batch import CachedBatch
 from actors.models import load_model, pick_device
+from actors.weights import Packet
 from studyhall.config import ModelConfig, SwitchConfig
 from studyhall.distill_math import divergence_logprobs, kl, sample, switch_block
 
@@ -227,9 +229,17 @@ class LMWorker:
         self.round_start.pop(group, None)
 
     # ---- weights ----
-    def load_weights(self, state_dict: dict) -> None:
-        """Take new weights (on-policy training pushes the student's here between generation batches)."""
-        self.model.load_state_dict({k: v.to(self.device) for k, v in state_dict.items()}, strict=True)
+    def load_weights(self, packet: Packet) -> int:
+        """Take the trainer's weights (the rollout applies them between generation batches, never
+        inside one). All or nothing: a packet that does not fit leaves the old weights. Returns
+        the optimizer step they came from."""
+        weights.apply(self.model, packet)
+        self.weights_step = packet.step
+        return packet.step
+
+    def weights_digest(self) -> dict:
+        """Which weights this actor generates with: their step and a digest of their bytes."""
+        return {"step": getattr(self, "weights_step", None), "sha256": weights.digest(self.model.state_dict())}
 
     def info(self) -> dict:
         p = next(self.model.parameters())

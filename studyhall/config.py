@@ -108,6 +108,7 @@ class TrainConfig:
     gpus_per_worker: float = 0.0
     torch_threads: int = 0  # CPU threads per worker; 0 = cpus_per_worker (at least 1). Generation and training take turns, so they may share cores
     push_every: int = 1  # steps between pushes of the trained weights to the generation actor
+    max_staleness: int = 1  # batches made ahead of the trainer: step s+1's is generated while step s trains, with step s-1's weights; 0 = strict alternation
     checkpoint_every: int = 10
     max_failures: int = 2  # Ray Train restarts of the worker group, each from the last checkpoint; 0 = none
     gkd_lambda: float = 0.5  # gkd: probability that an example is a fresh student sample
@@ -295,6 +296,7 @@ def _train_checks(t: TrainConfig) -> list:
         (t.answer_tokens >= 0, f"train.answer_tokens={t.answer_tokens}: must be >= 0 (0 = switch.max_new_tokens)"),
         (t.torch_threads >= 0, f"train.torch_threads={t.torch_threads}: must be >= 0"),
         (t.push_every >= 1 and t.checkpoint_every >= 1 and t.val_every >= 1, "train.push_every, checkpoint_every and val_every must be >= 1"),
+        (t.max_staleness >= 0, f"train.max_staleness={t.max_staleness}: must be >= 0 (0 = generate each batch after the previous step's push)"),
         (0 <= t.gkd_lambda <= 1, f"train.gkd_lambda={t.gkd_lambda}: must be in [0, 1]"),
         (0 <= t.distillm_p_init <= t.distillm_p_max <= 1, "train.distillm_p_init <= distillm_p_max must lie in [0, 1]"),
         (t.replay_size >= 1 and t.val_size >= 1 and t.eval_samples >= 1, "train.replay_size, val_size and eval_samples must be >= 1"),

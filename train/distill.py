@@ -153,6 +153,7 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
         say("evaluating the student after training ...")
         after = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
         say(f"  after:  {headline(after)}")
+        evaluated = ray.get(rollout.generation_weights.remote())
         summary = ray.get(rollout.summary.remote())
         metrics = ray.get(rollout.progress.remote())
         saving = ray.get(rollout.measure_second_pass.remote(ray.get(rollout.last_batch.remote())))
@@ -170,6 +171,9 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
             "loss_curve": [{"step": m["step"], "loss": round(m["loss"], 5), "lr": m["lr"]} for m in metrics],
             "intervention_by_position": summary["intervention_by_position"],
             "staleness_steps": summary["staleness_steps"],
+            "evaluated_weights": {"label": "the weights the student generation actor had for the evaluation after "
+                                           "training: the optimizer step they came from, and a digest (actors.weights.digest)",
+                                  **evaluated},
             "faults": summary["faults"],
             "val_kl_to_teacher": {"label": f"top-{cfg.switch.teacher_topk} + rest-bucket KL(teacher||student), nats/token, from the "
                                            "trainer: a lower bound of the full-vocabulary KL", **summary["val_kl_to_teacher"]},

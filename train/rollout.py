@@ -7,7 +7,9 @@ already scored the position (SWITCH, SKD, student samples) and from one plain te
 where it did not (ground-truth answers).
 """
 import dataclasses
+import threading
 import time
+from functools import wraps
 
 import ray
 
@@ -15,8 +17,10 @@ from actors.models import eos_ids, load_tokenizer
 from actors.pair import start_pair, stop_pair
 from actors.revival import Revival
 from actors.switch_controller import SwitchController, position_bucket
+from actors.weights import Packet
 from studyhall.config import Config, SwitchConfig
 from studyhall.prompts import PromptItem
+from train.batches_ahead import BatchesAhead
 from train.data import Example, load_references, prompt_token_ids, render_prompt, save_references
 from train.methods import make_method
 from train.phases import split_wait
@@ -39,6 +43,17 @@ def engine_settings(switch: SwitchConfig, mode: str, seed: int) -> SwitchConfig:
     return dataclasses.replace(switch, seed=seed, **modes[mode])
 
 
+def with_models(method):
+    """One user of the teacher and student at a time: a batch being made ahead, a scoring, an
+    evaluation. The pushed weights are applied first, so the student is the trainer's latest."""
+    @wraps(method)
+    def exclusive(self, *args, **kwargs):
+        with self.models:
+            self._apply_pushed()
+            return method(self, *args, **kwargs)
+    return exclusive
+
+
 @ray.remote(num_cpus=0, concurrency_groups={"progress": 1})
 class Rollout:
     def __init__(self, cfg: Config, train: list[Example], val: list[Example], references_path: str | None, pair_name: str = ""):
@@ -51,7 +66,13 @@ class Rollout:
         # it is back, the student with the last weights the trainer pushed.
         self.revival = Revival.for_pair(self.teacher, self.student, cfg)
         self.revival.on_restart.append(self._restore_weights)
-        self.weights = None  # ObjectRef of the last pushed state dict
+        # Weights: the trainer's pushes wait as `pushed` until the student is between batches; then
+        # they are applied, and kept as `applied` for a restarted student actor to take again.
+        self.models = threading.RLock()
+        self.weights_lock = threading.Lock()
+        self.pushed: Packet | None = None  # not yet applied
+        self.applied = None
+        self.weights_step = 0  # the optimizer step of the student's weights
         self.eos = eos_ids(self.tokenizer, cfg.teacher.path) | eos_ids(self.tokenizer, cfg.student.path)
         self.train, self.val = train, val
         self.references_path = references_path
@@ -59,35 +80,45 @@ class Rollout:
         self.references.update({e.id: e.response for e in train + val if e.response is not None})
         self.method = make_method(cfg, self)
         self.batch_cache: tuple[int, list] | None = None
+        self.ahead = BatchesAhead(self._make_batch, cfg.train.max_staleness, cfg.train.steps)
         self.last_step = 0  # the highest step whose batch a trainer asked for
         self.failures: list[dict] = []  # worker groups Ray Train replaced, and the steps each redid
         self.stop_reason: str | None = None
-        self.weights_step = 0  # optimizer steps behind the generation actor's weights
-        self.staleness: list[int] = []
+        self.staleness: dict[int, int] = {}  # step -> optimizer steps its batch's weights lagged the trainer's
         self.generation_seconds: dict[int, float] = {}  # step -> seconds spent making its batch
         self.metrics: list[dict] = []
         self.val_kl: dict[str, dict] = {}
         self.counts = {"reused_positions": 0, "extra_pass_positions": 0, "extra_pass_seconds": 0.0,
-                       "generation_seconds": 0.0, "generated_tokens": 0}
+                       "generation_seconds": 0.0, "generated_tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0}
         self.position_tokens: dict[str, int] = {}
         self.position_teacher: dict[str, int] = {}
 
     # ---- the trainer's side ----
     def batch(self, step: int, rank: int, world: int) -> list[dict]:
-        """This rank's share of step `step`'s records; the first rank to ask builds the whole batch."""
+        """This rank's share of step `step`'s records; the first rank to ask gets the whole batch
+        (made ahead, with max_staleness >= 1), and the next ones are started."""
         if not self.batch_cache or self.batch_cache[0] != step:
-            self.staleness.append(step - 1 - self.weights_step)
-            started = time.perf_counter()
-            self.batch_cache = (step, self.method.make(step, self.cfg.train.global_batch))
-            self.generation_seconds[step] = time.perf_counter() - started
+            self.batch_cache = (step, self.ahead.get(step))
         self.last_step = max(self.last_step, step)
         return self.batch_cache[1][rank::world]
+
+    @with_models
+    def _make_batch(self, step: int) -> list[dict]:
+        """Step `step`'s records, with the latest weights the trainer pushed: it pushed step s-1's
+        before asking for step s, so a batch made while step s trains has staleness 1."""
+        self.staleness[step] = step - 1 - self.weights_step
+        started = time.perf_counter()
+        records = self.method.make(step, self.cfg.train.global_batch)
+        self.generation_seconds[step] = time.perf_counter() - started
+        return records
 
     def trainer_started(self, step: int) -> bool:
         """A worker group starts at `step`. True when it replaces one that failed (this rollout
         already served it steps): the steps past `step` are redone and their metrics dropped."""
         replaced = self.last_step > 0
         if replaced:
+            self.ahead.drop()  # made with weights the replacement does not have
+            self.batch_cache = None
             self.failures.append({"resumed_at_step": step, "failed_during_step": self.last_step,
                                   "steps_redone": self.last_step - step})
             self.metrics = [m for m in self.metrics if m["step"] <= step]
@@ -113,19 +144,44 @@ class Rollout:
         """The trainer's metrics so far; answered while a batch is being generated."""
         return list(self.metrics)
 
-    def push_weights(self, state_dict: dict, step: int) -> int:
-        self.weights = ray.put(state_dict)  # kept: a restarted student actor takes it again
-        self.revival.call(self.cfg.switch, lambda: ray.get(self.student.load_weights.remote(self.weights)))
-        self.weights_step = step
-        return step
+    def weights_dtype(self) -> str:
+        """The student generation actor's dtype ("float32", "bfloat16"): the weights travel in it."""
+        return ray.get(self.student.info.remote())["dtype"].removeprefix("torch.")
+
+    def push_weights(self, packet: Packet) -> int:
+        """The trainer's weights (an actors.weights.Packet; its arrays stay in the object store). Kept
+        until the student is between batches, so a push never waits for generation and a batch never
+        mixes weights."""
+        with self.weights_lock:
+            self.pushed = packet
+        return packet.step
+
+    def _apply_pushed(self) -> None:
+        """Give the student the last pushed weights, if it does not have them yet."""
+        with self.weights_lock:
+            pushed, self.pushed = self.pushed, None
+        if pushed is None:
+            return
+        started = time.perf_counter()
+        ref = ray.put(pushed)  # owned here: it outlives the trainer that sent it, for a restarted student
+        self.revival.call(self.cfg.switch, lambda: ray.get(self.student.load_weights.remote(ref)))
+        self.applied, self.weights_step = ref, pushed.step
+        self.counts["weight_loads"] += 1
+        self.counts["weight_load_seconds"] += time.perf_counter() - started
 
     def _restore_weights(self, role: str, actor) -> None:
-        if role == "student" and self.weights is not None:
-            ray.get(actor.load_weights.remote(self.weights))
+        if role == "student" and self.applied is not None:
+            ray.get(actor.load_weights.remote(self.applied))
+
+    @with_models
+    def generation_weights(self) -> dict:
+        """The step and digest of the weights the student generates (and is evaluated) with."""
+        return ray.get(self.student.weights_digest.remote())
 
     def observe_val_loss(self, step: int, loss: float) -> None:
         self.method.observe_val_loss(step, loss)
 
+    @with_models
     def val_records(self) -> list[dict]:
         """Held-out references with teacher log-probs: DistiLLM's validation loss is measured on them."""
         if not hasattr(self, "_val_records"):
@@ -213,6 +269,7 @@ class Rollout:
             r.update(s)
 
     # ---- evaluation and the report ----
+    @with_models
     def sample_student(self, examples: list[Example], samples: int, seed: int) -> list[dict]:
         """`samples` student answers per example (sampled at T = 1, so teacher log-probs are the true NLL)."""
         settings = dataclasses.replace(engine_settings(self.cfg.switch, "student", seed), temperature=1.0, top_p=1.0, sample=True)
@@ -230,6 +287,7 @@ class Rollout:
         """A reference's length in the student's tokens, uncut: what the length buckets go by."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @with_models
     def heldout_kl(self, examples: list[Example]) -> list[dict]:
         """Full-vocabulary KL(teacher || student) and top-1 agreement on each example's reference
         (as training sees it: cut to the answer budget, ended by EOS), with the generation actor's
@@ -262,6 +320,7 @@ class Rollout:
         texts = self.reference(examples)
         return [{"prompt_id": e.id, "reference_tokens": self.reference_tokens(text), **s} for e, text, s in zip(examples, texts, sums)]
 
+    @with_models
     def measure_second_pass(self, records: list[dict]) -> dict:
         """What reusing generation's teacher log-probs saves: rescore some records with a plain teacher
         pass, time it, and check the recorded log-probs equal the rescored ones."""
@@ -277,6 +336,7 @@ class Rollout:
 
     def close(self) -> None:
         """End both model actors and free their placement group (it would outlive a killed Rollout)."""
+        self.ahead.close()
         stop_pair(self.teacher, self.student)
 
     def last_batch(self) -> list[dict]:
@@ -285,11 +345,12 @@ class Rollout:
     def summary(self) -> dict:
         by_position = {b: round(self.position_teacher[b] / n, 4) for b, n in
                        sorted(self.position_tokens.items(), key=lambda kv: int(kv[0].split("-")[0]))}
-        stale = self.staleness or [0]
+        stale = list(self.staleness.values()) or [0]
         return {"counts": {k: round(v, 3) if isinstance(v, float) else v for k, v in self.counts.items()},
                 "intervention_by_position": by_position,
                 "val_kl_to_teacher": self.val_kl,
-                "staleness_steps": {"mean": round(sum(stale) / len(stale), 3), "max": max(stale)},
+                "staleness_steps": {"mean": round(sum(stale) / len(stale), 3), "max": max(stale),
+                                    "per_step": {str(s): v for s, v in sorted(self.staleness.items())}},
                 "faults": {"worker_group_failures": len(self.failures),
                            "steps_redone": sum(f["steps_redone"] for f in self.failures),
                            "failures": list(self.failures), "generation": self.revival.summary()},

@@ -1,8 +1,11 @@
 """What each Ray Train worker runs: the student under DeepSpeed, fed by the rollout actor.
 
   loop: records <- rollout.batch(step)  ->  loss  ->  engine.backward / engine.step
-        every push_every steps: rank 0 sends the weights to the generation actor (on-policy)
+        every push_every steps: rank 0 puts the weights in the object store for the generation actor
         ray.train.report(metrics [, checkpoint])
+
+With train.max_staleness >= 1 the rollout makes the next batches while this loop trains, each with
+the newest weights pushed before it started (one step old at most, with max_staleness=1).
 """
 import contextlib
 import dataclasses
@@ -19,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from actors.models import load_model, load_tokenizer
+from actors.weights import pack
 from train.objective import collate, distill_loss, micro_batches
 from train.phases import PhaseTimer
 
@@ -59,15 +63,30 @@ def skip_shm_build(deepspeed) -> None:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def full_state_dict(engine, zero_stage: int) -> dict:
-    """The whole model's weights on CPU; under ZeRO-3 every rank must join the gather."""
+def gathered(engine, zero_stage: int):
+    """The whole model's parameters present on every rank: under ZeRO-3 one gather of all of them
+    (every rank must join it), else nothing to do."""
     import deepspeed  # the worker set DS_ACCELERATOR before DeepSpeed's first import (train_loop_per_worker)
 
-    model = engine.module
-    gathered = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None) if zero_stage == 3
-                else contextlib.nullcontext())
-    with gathered:
-        return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    if zero_stage != 3:
+        return contextlib.nullcontext()
+    return deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+
+
+def full_state_dict(engine, zero_stage: int) -> dict:
+    """The whole model's weights on CPU, in float32."""
+    with gathered(engine, zero_stage):
+        return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+
+
+def weights_packet(engine, zero_stage: int, rank: int, step: int, wire_dtype: torch.dtype):
+    """Rank 0's weights of `step` as an actors.weights.Packet, in the generation actor's dtype, each
+    tied tensor once; None on other ranks. Its arrays share memory with the model: it must reach the
+    object store (the push) before the next optimizer step."""
+    if rank != 0 and zero_stage != 3:
+        return None
+    with gathered(engine, zero_stage):
+        return pack(engine.module.state_dict(), step, wire_dtype) if rank == 0 else None
 
 
 class RolloutGone(RuntimeError):
@@ -128,7 +147,8 @@ def _train(config: dict) -> None:
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                                    config=deepspeed_config(t, world, bf16), dist_init_required=False)
 
-    step, replaced = _resume(engine, rollout, rank, t.zero_stage, config.get("resume_from"))
+    wire_dtype = getattr(torch, _from_rollout(rollout.weights_dtype.remote()))
+    step, replaced = _resume(engine, rollout, rank, t.zero_stage, config.get("resume_from"), wire_dtype)
     pad_id = config["pad_id"]
     # KL to the teacher on held-out answers, before and after: the plainest sign of distillation.
     # Every rank runs the forward (under ZeRO-3 it gathers parameters collectively); rank 0 reports.
@@ -169,18 +189,19 @@ def _train(config: dict) -> None:
         mean_loss = _mean_over_ranks(step_loss, world)
 
         with timer("weight_push"):
-            state = full_state_dict(engine, t.zero_stage) if step % t.push_every == 0 or step == t.steps else None
+            weights = (weights_packet(engine, t.zero_stage, rank, step, wire_dtype)
+                       if step % t.push_every == 0 or step == t.steps else None)
         with timer("validation"):
             val = _val_loss(engine, config, rollout, pad_id, config["loss"]) if t.method == "distillm" and step % t.val_every == 0 else None
 
         def to_rollout():
-            if state is not None:
-                ray.get(rollout.push_weights.remote(state, step))
+            if weights is not None:
+                ray.get(rollout.push_weights.remote(weights))
             if val is not None:
                 ray.get(rollout.observe_val_loss.remote(step, val))
 
-        _on_rank0(rank, to_rollout, timer)  # the next batch is generated only after the push
-        del state
+        _on_rank0(rank, to_rollout, timer)  # pushed before the next batch is asked for
+        del weights
 
         elapsed = time.perf_counter() - started
         metrics = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
@@ -245,7 +266,7 @@ def _report_with_checkpoint(engine, metrics: dict, rank: int) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _resume(engine, rollout, rank: int, zero_stage: int, resume_from: str | None) -> tuple[int, bool]:
+def _resume(engine, rollout, rank: int, zero_stage: int, resume_from: str | None, wire_dtype: torch.dtype) -> tuple[int, bool]:
     """(step to continue from, whether this worker group replaces one that failed).
 
     The step comes from Ray Train's own checkpoint when it restarted the workers after a failure
@@ -261,9 +282,9 @@ def _resume(engine, rollout, rank: int, zero_stage: int, resume_from: str | None
     _on_rank0(rank, lambda: replaced.fill_(float(ray.get(rollout.trainer_started.remote(step)))))
     dist.broadcast(replaced, 0)
     if step > 0 or replaced.item():
-        state = full_state_dict(engine, zero_stage)
-        _on_rank0(rank, lambda: ray.get(rollout.push_weights.remote(state, step)))
-        del state
+        weights = weights_packet(engine, zero_stage, rank, step, wire_dtype)
+        _on_rank0(rank, lambda: ray.get(rollout.push_weights.remote(weights)))
+        del weights
     return step, bool(replaced.item())
 
 

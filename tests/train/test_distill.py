@@ -62,7 +62,22 @@ def test_two_worker_zero2_lowers_loss_and_kl_to_teacher(zero2_run):
     kl = report["val_kl_to_teacher"]
     assert kl["end"]["kl"] < kl["start"]["kl"], kl
     assert report["config"]["train"]["zero_stage"] == 2 and report["config"]["train"]["num_workers"] == 2
-    assert report["staleness_steps"] == {"mean": 0.0, "max": 0}  # pushed every step, before the next batch
+    # max_staleness=1 (the default): step s+1's batch is made while step s trains, with step s-1's weights
+    assert report["staleness_steps"]["per_step"] == {"1": 0, **{str(s): 1 for s in range(2, 7)}}
+
+
+@pytest.mark.timeout(120)
+def test_the_student_evaluated_after_training_is_the_one_saved(zero2_run):
+    """Batches made ahead never leave the generation actor behind at the end: the last push is applied
+    before the evaluation, so it evaluates exactly the weights the trainer saved."""
+    from actors.models import load_model
+    from actors.weights import digest
+    from studyhall.config import ModelConfig
+
+    _, report = zero2_run
+    saved = load_model(ModelConfig(path=report["student_dir"]), torch.device("cpu"))
+    assert report["evaluated_weights"]["step"] == 6
+    assert report["evaluated_weights"]["sha256"] == digest(saved.state_dict())
 
 
 def test_the_report_breaks_each_step_into_phases(zero2_run):
@@ -245,9 +260,11 @@ def test_eval_on_a_prompt_file_writes_and_reuses_cached_teacher_references(tmp_p
 def test_zero3_gathers_weights_for_the_push_and_the_saved_student(dolly_file, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    cfg = _cfg(dolly_file, "method=switch", "steps=2", "zero_stage=3", "num_workers=2", "global_batch=4", "micro_batch=2")
+    cfg = _cfg(dolly_file, "method=switch", "steps=2", "zero_stage=3", "num_workers=2", "global_batch=4", "micro_batch=2",
+               "max_staleness=0")
     report = run_distill(cfg, str(tmp_path), progress=False)
-    assert report["staleness_steps"]["max"] == 0 and [p["step"] for p in report["loss_curve"]] == [1, 2]
+    # strict alternation: each batch is made after the previous step's push
+    assert report["staleness_steps"]["per_step"] == {"1": 0, "2": 0} and [p["step"] for p in report["loss_curve"]] == [1, 2]
     saved = AutoModelForCausalLM.from_pretrained(report["student_dir"])
     weight = saved.model.layers[0].mlp.up_proj.weight
     assert weight.shape == (768, 256) and weight.abs().mean() > 0.01  # whole tensors, not ZeRO-3's empty shards

@@ -1,23 +1,78 @@
-"""The trainer's weight push reaches the student generation actor: its samples change, and come
-back exactly when the original weights are pushed again."""
+"""The trainer's weight push reaches the student generation actor whole or not at all, and only
+between batches.
+
+- Pushed weights change what the actor samples, and the original weights bring its samples back.
+- A packet that does not fit (a tensor missing, a wrong shape) is refused before anything is written:
+  the actor keeps its weights exactly.
+- A push made while a batch is being made ahead is applied to the next batch, not inside this one.
+"""
 import pytest
 import ray
 import torch
 
 from actors.models import load_model
+from actors.weights import WeightsMismatch, apply, digest, pack, unpack
 from studyhall.config import ModelConfig, load_config
 from train.data import Example
 from train.distill import close, start_rollout
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
+QUESTIONS = ["Name a color.", "What do bees make?", "Count to three.", "Where do fish live?"]
+
+
+def _examples():
+    return [Example(f"q{i}", [{"role": "user", "content": q}], "a reference answer") for i, q in enumerate(QUESTIONS)]
+
+
+def _state(noise: float = 0.0):
+    """The tiny student's weights, each parameter moved by seeded noise (tied ones stay tied)."""
+    model = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn_like(p))
+    return model.state_dict()
+
+
+def _push(rollout, state, step):
+    return ray.get(rollout.push_weights.remote(pack(state, step)))
+
+
+def test_a_packet_round_trips_exactly_and_sends_tied_tensors_once():
+    model = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    state = model.state_dict()
+    packet = pack(state, 7)
+    back = unpack(packet)
+    assert back.keys() == state.keys() and packet.step == 7
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+    tied = model.config.tie_word_embeddings
+    assert ("lm_head.weight" in packet.aliases) == tied and len(packet.arrays) + len(packet.aliases) == len(state)
+    half = unpack(pack(state, 7, torch.bfloat16))  # bf16 travels as int16 bits
+    assert all(torch.equal(half[k], v.to(torch.bfloat16)) for k, v in state.items() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("spoil", ["missing", "shape", "extra"])
+def test_a_packet_that_does_not_fit_writes_nothing(spoil):
+    model = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    before = digest(model.state_dict())
+    new = dict(_state(0.5))
+    name = sorted(k for k in new if k.endswith("mlp.down_proj.weight"))[-1]  # the last layer: the others would be written first
+    if spoil == "missing":
+        del new[name]
+    elif spoil == "shape":
+        new[name] = new[name][:, :-1].clone()
+    else:
+        new["model.extra.weight"] = torch.zeros(2)
+    with pytest.raises(WeightsMismatch, match="nothing applied"):
+        apply(model, pack(new, 1))
+    assert digest(model.state_dict()) == before
+
 
 @pytest.mark.timeout(240)
 def test_pushed_weights_change_what_the_generation_actor_samples():
-
     cfg = load_config("tiny", ["max_new_tokens=12"])
-    val = [Example(f"q{i}", [{"role": "user", "content": q}], "a reference answer")
-           for i, q in enumerate(["Name a color.", "What do bees make?", "Count to three."])]
+    val = _examples()[:3]
     rollout, pair_name = start_rollout(cfg, [], val, None)
     try:
         def texts():
@@ -26,13 +81,58 @@ def test_pushed_weights_change_what_the_generation_actor_samples():
         original = texts()
         assert texts() == original  # same seed, same weights: the same samples
 
-        state = load_model(ModelConfig(path="tiny:student"), torch.device("cpu")).state_dict()
-        perturbed = {k: v + 0.5 * torch.randn_like(v) if v.dtype.is_floating_point else v for k, v in state.items()}
-        ray.get(rollout.push_weights.remote(perturbed, 1))
+        state = _state()
+        _push(rollout, _state(0.5), 1)
         changed = texts()
         assert changed != original
+        assert ray.get(rollout.generation_weights.remote()) == {"step": 1, "sha256": digest(_state(0.5))}
 
-        ray.get(rollout.push_weights.remote(state, 2))
+        _push(rollout, state, 2)
         assert texts() == original
     finally:
         close(rollout, pair_name)
+
+
+@pytest.mark.timeout(240)
+def test_a_failed_push_leaves_the_generation_actor_as_it_was():
+    cfg = load_config("tiny", ["max_new_tokens=12"])
+    rollout, pair_name = start_rollout(cfg, [], _examples(), None)
+    try:
+        good = _state(0.5)
+        _push(rollout, good, 1)
+        kept = ray.get(rollout.generation_weights.remote())
+        bad = dict(_state(2.0))
+        del bad[sorted(bad)[-1]]
+        _push(rollout, bad, 2)
+        with pytest.raises(ray.exceptions.RayTaskError, match="WeightsMismatch"):
+            ray.get(rollout.generation_weights.remote())  # applying it fails, and says why
+        assert kept == {"step": 1, "sha256": digest(good)}
+        assert ray.get(rollout.generation_weights.remote()) == kept  # the actor still has step 1's, whole
+    finally:
+        close(rollout, pair_name)
+
+
+def _greedy_gkd(steps):
+    return load_config("tiny", ["max_new_tokens=12", "sample=false", "method=gkd", "gkd_lambda=1.0", "global_batch=2",
+                                "micro_batch=2", f"steps={steps}", "max_staleness=1"])
+
+
+@pytest.mark.timeout(300)
+def test_a_push_during_a_batch_made_ahead_waits_for_the_next_batch():
+    train = _examples()
+    runs = {}
+    for pushed in (False, True):
+        rollout, pair_name = start_rollout(_greedy_gkd(3), train, [], None)
+        try:
+            batches = [ray.get(rollout.batch.remote(1, 0, 1))]  # step 2's batch starts now, with the first weights
+            if pushed:
+                _push(rollout, _state(0.5), 1)  # arrives while step 2's batch is being made
+            batches += [ray.get(rollout.batch.remote(s, 0, 1)) for s in (2, 3)]
+            runs[pushed] = ([[r["token_ids"] for r in b] for b in batches], ray.get(rollout.summary.remote())["staleness_steps"])
+        finally:
+            close(rollout, pair_name)
+    (plain, plain_stale), (pushed, pushed_stale) = runs[False], runs[True]
+    assert pushed[:2] == plain[:2]  # steps 1 and 2: made with the first weights throughout
+    assert pushed[2] != plain[2]  # step 3: made with the pushed ones
+    assert pushed_stale["per_step"] == {"1": 0, "2": 1, "3": 1}
+    assert plain_stale["per_step"] == {"1": 0, "2": 1, "3": 2}  # nothing pushed: the first weights stay
