@@ -18,6 +18,7 @@ from actors.models import load_model, pick_device
 from actors.weights import Packet
 from studyhall.config import ModelConfig, SwitchConfig
 from studyhall.distill_math import divergence_logprobs, kl, sample, switch_block
+from studyhall.threads import threads_for
 
 ROLE_SEED_OFFSET = {"teacher": 1, "student": 2}
 
@@ -38,7 +39,7 @@ class LMWorker:
 
     def __init__(self, spec: ModelConfig, switch: SwitchConfig):
         """Light on purpose: the actor is placed first, then `load` brings the model in."""
-        torch.set_num_threads(max(1, int(spec.num_cpus)))
+        torch.set_num_threads(threads_for(spec.num_cpus))
         self.spec = spec
         self.device = pick_device(spec)
         self.configure(switch)

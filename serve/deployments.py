@@ -21,6 +21,7 @@ from serve.decode_loop import DecodeLoop
 from serve.decoding import RowOutput, RunningBatch, Sampling
 from studyhall.config import ServedModel
 from studyhall.prompts import render
+from studyhall.threads import threads_for
 
 ROWS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 
@@ -31,7 +32,7 @@ class _ModelReplica:
     role = "model"
 
     def __init__(self, spec: ServedModel, sampling_seed: int):
-        torch.set_num_threads(max(1, round(spec.num_cpus)))
+        torch.set_num_threads(threads_for(spec.num_cpus))
         self.spec = spec
         self.device = pick_device(spec)
         self.tokenizer = load_tokenizer(spec.path, spec.trust_remote_code)

@@ -106,7 +106,7 @@ class TrainConfig:
     num_workers: int = 1  # Ray Train workers (data-parallel ranks)
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
-    torch_threads: int = 0  # CPU threads per worker; 0 = cpus_per_worker (at least 1). Generation and training take turns, so they may share cores
+    torch_threads: int = 0  # CPU threads per worker; 0 = auto (studyhall/threads.py): its CPU share, plus the idle generation side's with max_staleness=0
     push_every: int = 1  # steps between pushes of the trained weights to the generation actor
     max_staleness: int = 1  # batches made ahead of the trainer: step s+1's is generated while step s trains, with step s-1's weights; 0 = strict alternation
     checkpoint_every: int = 10

@@ -180,6 +180,10 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
             "teacher_pass_saving": {"reused_positions": counts["reused_positions"], "extra_pass_positions": counts["extra_pass_positions"],
                                     "extra_pass_seconds": counts["extra_pass_seconds"], **saving},
             "generation": {"seconds": counts["generation_seconds"], "tokens": counts["generated_tokens"]},
+            "weight_push": {"label": "the trainer's weights as they reach the student generation actor: the packet "
+                                     "(actors.weights) and the seconds the actor took to take each one, between batches",
+                            "packet_mb": round(counts["weight_packet_mb"], 1), "loads": counts["weight_loads"],
+                            "seconds_per_load": round(counts["weight_load_seconds"] / max(counts["weight_loads"], 1), 3)},
             "phases": {"label": "seconds per step on rank 0 (train/phases.py); steady_state leaves out the first step",
                        "steady_state": steady_state([m["phases"] for m in metrics]),
                        "per_step": [{"step": m["step"], **m["phases"]} for m in metrics]},

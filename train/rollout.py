@@ -89,7 +89,8 @@ class Rollout:
         self.metrics: list[dict] = []
         self.val_kl: dict[str, dict] = {}
         self.counts = {"reused_positions": 0, "extra_pass_positions": 0, "extra_pass_seconds": 0.0,
-                       "generation_seconds": 0.0, "generated_tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0}
+                       "generation_seconds": 0.0, "generated_tokens": 0,
+                       "weight_loads": 0, "weight_load_seconds": 0.0, "weight_packet_mb": 0.0}
         self.position_tokens: dict[str, int] = {}
         self.position_teacher: dict[str, int] = {}
 
@@ -168,6 +169,7 @@ class Rollout:
         self.applied, self.weights_step = ref, pushed.step
         self.counts["weight_loads"] += 1
         self.counts["weight_load_seconds"] += time.perf_counter() - started
+        self.counts["weight_packet_mb"] = pushed.nbytes / 2 ** 20
 
     def _restore_weights(self, role: str, actor) -> None:
         if role == "student" and self.applied is not None:

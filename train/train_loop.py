@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from actors.models import load_model, load_tokenizer
 from actors.weights import pack
+from studyhall.threads import trainer_threads
 from train.objective import collate, distill_loss, micro_batches
 from train.phases import PhaseTimer
 
@@ -135,7 +136,7 @@ def _train(config: dict) -> None:
     import deepspeed  # after DS_ACCELERATOR: DeepSpeed picks its accelerator on import
 
     skip_shm_build(deepspeed)
-    torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
+    torch.set_num_threads(trainer_threads(cfg))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.switch.seed + rank)

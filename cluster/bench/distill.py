@@ -34,7 +34,8 @@ def run_bench(preset: str, method: str, out: str, vary: str | None, overrides: l
         report = run_distill(cfg, str(run_dir), progress=True)
         runs.append({"setting": label, "report": str(run_dir / "report.json"), "seconds": report["seconds"],
                      "tokens_per_s": report["tokens_per_s"], "train_tokens": report["train_tokens"],
-                     "staleness_steps": report["staleness_steps"], "phases": report["phases"]["steady_state"]})
+                     "staleness_steps": report["staleness_steps"], "weight_push": report["weight_push"],
+                     "phases": report["phases"]["steady_state"]})
     result = {"preset": preset, "method": method, "overrides": overrides, "runs": runs}
     result["table"] = markdown(result)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {phase} | " + " | ".join(f"{r['phases'].get(phase, 0):.3f}" for r in runs) + " |")
     lines.append("| **seconds per step** | " + " | ".join(f"**{r['phases'].get('seconds_per_step', 0):.3f}**" for r in runs) + " |")
     lines.append("| train tokens/s (end to end) | " + " | ".join(f"{r['tokens_per_s']}" for r in runs) + " |")
+    lines.append("| weights into the generation actor (MB, s per load) | " + " | ".join(
+        f"{r['weight_push']['packet_mb']}, {r['weight_push']['seconds_per_load']}" for r in runs) + " |")
     lines.append("| staleness (mean, max) | " + " | ".join(
         f"{r['staleness_steps']['mean']}, {r['staleness_steps']['max']}" for r in runs) + " |")
     return "\n".join(lines)
