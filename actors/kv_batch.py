@@ -6,14 +6,35 @@ length without copying; `compact` squeezes the holes out once they outweigh the 
 Positions come from the count of valid slots, so a row computes exactly what it would alone.
 
 Each row's last committed token is its `pending` token: not in the cache yet, fed first next time.
+
+A `SharedPrefix` (e.g. a chat template's system prompt) is prefilled once: rows whose prompt starts
+with it copy its keys and values and prefill only the rest. Positions count valid slots, so such a
+row computes what it would with the prefix prefilled in its own forward.
 """
 import torch
 from transformers import DynamicCache
 
 
+class SharedPrefix:
+    """Tokens many prompts start with, and the model's keys and values for them (one row)."""
+
+    def __init__(self, model, device: torch.device, tokens: list[int]):
+        self.tokens = list(tokens)
+        with torch.no_grad():
+            cache = model(input_ids=torch.tensor([self.tokens], device=device), use_cache=True).past_key_values
+        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def starts(self, prompt: list[int]) -> bool:
+        """Whether this prompt can use it: it starts with the prefix and has a token past it (the pending one)."""
+        return len(prompt) > len(self.tokens) and prompt[:len(self.tokens)] == self.tokens
+
+
 class CachedBatch:
-    def __init__(self, model, device: torch.device):
-        self.model, self.device = model, device
+    def __init__(self, model, device: torch.device, prefix: SharedPrefix | None = None):
+        self.model, self.device, self.prefix = model, device, prefix
         self._reset(0)
 
     def _reset(self, rows: int) -> None:
@@ -34,20 +55,35 @@ class CachedBatch:
         """Prefill all but the last token of each prompt (left-padded); the last one becomes pending.
 
         Prefill needs only the cache, so the LM head runs on one position instead of the whole prompt.
+        With a shared prefix that any prompt starts with, the cache begins with its columns (valid for
+        the rows that start with it) and only the rest of each prompt is run.
         """
         self._reset(len(prompts))
-        width = max(len(p) for p in prompts) - 1
-        pads = torch.tensor([width - (len(p) - 1) for p in prompts], device=self.device)
+        shared = [self.prefix is not None and self.prefix.starts(p) for p in prompts]
+        if any(shared):
+            self._start_from_prefix(shared)
+        skip = [len(self.prefix) if s else 0 for s in shared]
+        width = max(len(p) - 1 - k for p, k in zip(prompts, skip))
+        pads = torch.tensor([width - (len(p) - 1 - k) for p, k in zip(prompts, skip)], device=self.device)
         ids = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
-        for row, prompt in enumerate(prompts):
-            if len(prompt) > 1:
-                ids[row, int(pads[row]):] = torch.tensor(prompt[:-1], dtype=torch.long)
+        for row, (prompt, k) in enumerate(zip(prompts, skip)):
+            if len(prompt) - 1 > k:
+                ids[row, int(pads[row]):] = torch.tensor(prompt[k:-1], dtype=torch.long)
         prefill_valid = torch.arange(width, device=self.device)[None, :] >= pads[:, None]
         if width > 0:
-            self._run(ids, prefill_valid, positions=(prefill_valid.cumsum(1) - 1).clamp(min=0), logits_to_keep=1)
-        self.valid = prefill_valid
-        self.length = prefill_valid.sum(1)
+            positions = self.length[:, None] + (prefill_valid.cumsum(1) - 1).clamp(min=0)
+            self._run(ids, prefill_valid, positions=positions, logits_to_keep=1)
+        self.valid = torch.cat([self.valid, prefill_valid], dim=1)
+        self.length = self.valid.sum(1)
         self.pending = torch.tensor([p[-1] for p in prompts], dtype=torch.long, device=self.device)
+
+    def _start_from_prefix(self, shared: list[bool]) -> None:
+        """The prefix's keys and values in every row's first columns; valid only where `shared`."""
+        rows = len(shared)
+        for index, (keys, values) in enumerate(self.prefix.layers):
+            self.cache.update(keys.expand(rows, -1, -1, -1).contiguous(), values.expand(rows, -1, -1, -1).contiguous(), index)
+        self.valid = torch.tensor(shared, device=self.device)[:, None].expand(rows, len(self.prefix)).clone()
+        self.length = self.valid.sum(1)
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -126,7 +162,7 @@ class CachedBatch:
         if self.rows == 0:
             self.start(prompts)
             return
-        other = CachedBatch(self.model, self.device)
+        other = CachedBatch(self.model, self.device, self.prefix)
         other.start(prompts)
         width = max(self.valid.shape[1], other.valid.shape[1])
         self._left_pad(width)

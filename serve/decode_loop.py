@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from actors.kv_batch import SharedPrefix
 from serve.decoding import RowOutput, RunningBatch, Sampling
 
 
@@ -35,9 +36,10 @@ class _Request:
 
 
 class DecodeLoop:
-    def __init__(self, model, device, generator: torch.Generator | None, max_batch_size: int, prefill_budget: int):
+    def __init__(self, model, device, generator: torch.Generator | None, max_batch_size: int, prefill_budget: int,
+                 prefix: SharedPrefix | None = None):
         self.model, self.device = model, device
-        self.batch = RunningBatch(model, device, generator)
+        self.batch = RunningBatch(model, device, generator, prefix)
         self.max_batch_size, self.prefill_budget = max_batch_size, prefill_budget
         self.waiting: deque[_Request] = deque()
         self.running: dict[int, _Request] = {}
@@ -126,7 +128,7 @@ class DecodeLoop:
     def _admit(self) -> list[_Request]:
         newcomers, tokens = [], 0
         while self.waiting and len(self.batch) + len(newcomers) < self.max_batch_size:
-            cost = len(self.waiting[0].prompt)
+            cost = self.batch.prefill_cost(self.waiting[0].prompt)
             if newcomers and tokens + cost > self.prefill_budget:
                 break
             request = self.waiting.popleft()

@@ -10,8 +10,24 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.kv_batch import CachedBatch
+from actors.kv_batch import CachedBatch, SharedPrefix
 from studyhall.distill_math import divergence_logprobs, sample
+from studyhall.prompts import render
+
+MIN_SHARED_PREFIX = 4  # tokens; a shorter one saves less than its bookkeeping costs
+
+
+def chat_prefix(model, device, tokenizer) -> SharedPrefix | None:
+    """What every chat prompt starts with (the template's system prompt and the user turn's opening),
+    to prefill once: the tokens two unrelated conversations share. Prompts are tokenized as the
+    replicas do (rendered text, no special tokens added); a prompt that tokenizes differently at the
+    seam simply does not use it."""
+    first, second = (tokenizer(render(tokenizer, [{"role": "user", "content": text}]), add_special_tokens=False)["input_ids"]
+                     for text in ("Hi", "Why is the sea blue?"))
+    n = 0
+    while n < min(len(first), len(second)) and first[n] == second[n]:
+        n += 1
+    return SharedPrefix(model, device, first[:n]) if n >= MIN_SHARED_PREFIX else None
 
 
 @dataclass(frozen=True)
@@ -24,8 +40,8 @@ class Sampling:
 class RunningBatch:
     """Rows are addressed by a key the caller chooses; `step()` returns {key: new token} for every row."""
 
-    def __init__(self, model, device, generator: torch.Generator | None):
-        self.batch = CachedBatch(model, device)
+    def __init__(self, model, device, generator: torch.Generator | None, prefix: SharedPrefix | None = None):
+        self.batch = CachedBatch(model, device, prefix)
         self.device, self.generator = device, generator
         self.keys: list = []  # the key of each batch position
         self.sampling: dict = {}
@@ -48,8 +64,13 @@ class RunningBatch:
             self.sampling[key], self.joined_at[key] = sampling, (self.forwards, self.rows_forwarded)
             if sampling.seed is not None:
                 self.generators[key] = torch.Generator(self.device).manual_seed(sampling.seed)
-            self.prefill_tokens += len(prompt) - 1
+            self.prefill_tokens += self.prefill_cost(prompt)
         self.prefills += 1
+
+    def prefill_cost(self, prompt: list[int]) -> int:
+        """The prompt tokens a join would run: a shared prefix's are not run again."""
+        prefix = self.batch.prefix
+        return len(prompt) - 1 - (len(prefix) if prefix is not None and prefix.starts(prompt) else 0)
 
     def leave(self, key) -> None:
         """This row is done; it leaves before the next forward."""

@@ -18,7 +18,7 @@ from ray.util import metrics
 
 from actors.models import context_length, eos_ids, load_model, load_tokenizer, pick_device
 from serve.decode_loop import DecodeLoop
-from serve.decoding import RowOutput, RunningBatch, Sampling
+from serve.decoding import RowOutput, RunningBatch, Sampling, chat_prefix
 from studyhall.config import ServedModel
 from studyhall.prompts import render
 from studyhall.threads import threads_for
@@ -40,7 +40,8 @@ class _ModelReplica:
         self.eos = eos_ids(self.tokenizer, spec.path)
         self.context = context_length(self.model.config)
         generator = torch.Generator(self.device).manual_seed(sampling_seed)
-        self.loop = DecodeLoop(self.model, self.device, generator, spec.max_batch_size, spec.prefill_budget)
+        self.prefix = chat_prefix(self.model, self.device, self.tokenizer)
+        self.loop = DecodeLoop(self.model, self.device, generator, spec.max_batch_size, spec.prefill_budget, self.prefix)
         self.rows = metrics.Histogram(f"studyhall_gkt_{self.role}_rows_per_forward",
                                       description=f"per answer: mean rows in the {self.role} forwards that wrote it", boundaries=ROWS_BUCKETS)
         self.tokens = metrics.Counter(f"studyhall_gkt_{self.role}_tokens", description=f"tokens the {self.role} generated")
@@ -61,7 +62,8 @@ class _ModelReplica:
     def stats(self) -> dict:
         """Counters of this replica's decode loop (forwards, rows per forward, prefills, queue), and which
         replica answered (its actor's name in the "serve" namespace)."""
-        return {**self.loop.stats(), "actor_name": ray.get_runtime_context().get_actor_name()}
+        return {**self.loop.stats(), "shared_prefix_tokens": len(self.prefix) if self.prefix else 0,
+                "actor_name": ray.get_runtime_context().get_actor_name()}
 
     def prompt_text(self, job: dict) -> str:
         if job.get("messages") is not None:

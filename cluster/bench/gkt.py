@@ -28,7 +28,7 @@ from ray import serve
 
 from actors.models import load_model, load_tokenizer, pick_device
 from serve.app import APP_NAME, start
-from serve.decoding import RunningBatch, Sampling
+from serve.decoding import RunningBatch, Sampling, chat_prefix
 from serve.load import drive
 from studyhall.config import load_config
 from studyhall.prompts import EMBEDDED_PROMPTS, read_rows, render, to_messages
@@ -154,7 +154,7 @@ def measure_ideal(side: dict, messages: list[list[dict]], batch: int, max_tokens
         torch.set_num_threads(threads)
         prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         started = time.perf_counter()
-        decoder = RunningBatch(model, device, None)
+        decoder = RunningBatch(model, device, None, prefixes[role])  # as the replicas prefill: the chat prefix once
         decoder.join([(row, prompt, Sampling()) for row, prompt in enumerate(prompts)])
         ids = [[] for _ in texts]
         for _ in range(n):
@@ -167,6 +167,7 @@ def measure_ideal(side: dict, messages: list[list[dict]], batch: int, max_tokens
         tokenizer = side[role][1]
         return [render(tokenizer, m) + (suffixes[i] if suffixes else "") for i, m in enumerate(chunk)]
 
+    prefixes = {role: chat_prefix(model, device, tokenizer) for role, (model, tokenizer, device, _) in side.items()}
     generate("teacher", rendered("teacher", chunks[0][:1]), 2)  # warm-up: first forwards pay one-off costs
     generate("student", rendered("student", chunks[0][:1]), 2)
     teacher_s = gkt_s = teacher_part_s = student_part_s = 0.0
