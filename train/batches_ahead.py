@@ -32,5 +32,6 @@ class BatchesAhead:
         self.futures.clear()
 
     def close(self) -> None:
-        self.drop()
-        self.pool.shutdown(wait=True)
+        """Stop without waiting: a batch still being made ends when its models are stopped."""
+        self.futures.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)
