@@ -76,7 +76,9 @@ def test_a_killed_student_replica_fails_its_requests_with_503_and_is_replaced(ow
 def test_a_full_queue_sheds_load_with_503(own_serve):
     url = start_app(["serve.guide.path=tiny:teacher", "serve.max_tokens_limit=400", f"serve.retry_after_s={RETRY_AFTER}",
                      "serve.complete.max_batch_size=1", "serve.complete.max_queued_requests=1"])
-    with ThreadPoolExecutor(8) as pool:  # 2 requests fit the replica (max_ongoing_requests), 1 more the queue
+    with ThreadPoolExecutor(8) as pool:  # at most 2 requests fit the replica (max_ongoing_requests), 1 more the queue
         answers = list(pool.map(_asker(url, 400), range(8)))
     _assert_503s(answers)
-    assert [status for status, _ in answers].count(200) >= 2  # the requests let in are answered in full
+    # How many get in depends on when Serve's router sees the replica's queue; those that do are answered in full.
+    served = [tokens for status, tokens in answers if status == 200]
+    assert served and all(tokens == 400 for tokens in served)
