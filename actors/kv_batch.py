@@ -14,6 +14,8 @@ row computes what it would with the prefix prefilled in its own forward.
 import torch
 from transformers import DynamicCache
 
+PAD_SLACK = 32  # padding tokens a prefill group may carry anyway: cheaper than one more forward
+
 
 class SharedPrefix:
     """Tokens many prompts start with, and the model's keys and values for them (one row)."""
@@ -52,7 +54,27 @@ class CachedBatch:
 
     @torch.no_grad()
     def start(self, prompts: list[list[int]]) -> None:
-        """Prefill all but the last token of each prompt (left-padded); the last one becomes pending.
+        """Prefill all but the last token of each prompt; the last one becomes pending. Prompts of
+        unlike lengths are prefilled in groups of like length (padding costs a padded row's whole
+        forward), then merged; rows keep the order given."""
+        groups = length_groups([self.prefill_cost(p) for p in prompts])
+        if len(groups) == 1:
+            self._start_group(prompts)
+            return
+        self._start_group([prompts[i] for i in groups[0]])
+        for group in groups[1:]:
+            part = CachedBatch(self.model, self.device, self.prefix)
+            part._start_group([prompts[i] for i in group])
+            self._merge(part)
+        placed = [i for group in groups for i in group]
+        self.select(torch.tensor(sorted(range(len(placed)), key=placed.__getitem__)))
+
+    def prefill_cost(self, prompt: list[int]) -> int:
+        """Tokens a prefill runs for this prompt: all but the pending one, less a shared prefix."""
+        return len(prompt) - 1 - (len(self.prefix) if self.prefix is not None and self.prefix.starts(prompt) else 0)
+
+    def _start_group(self, prompts: list[list[int]]) -> None:
+        """Prefill these prompts in one forward, left-padded.
 
         Prefill needs only the cache, so the LM head runs on one position instead of the whole prompt.
         With a shared prefix that any prompt starts with, the cache begins with its columns (valid for
@@ -164,6 +186,10 @@ class CachedBatch:
             return
         other = CachedBatch(self.model, self.device, self.prefix)
         other.start(prompts)
+        self._merge(other)
+
+    def _merge(self, other: "CachedBatch") -> None:
+        """Append another batch's rows (their caches left-padded to one width)."""
         width = max(self.valid.shape[1], other.valid.shape[1])
         self._left_pad(width)
         other._left_pad(width)
@@ -192,6 +218,21 @@ class CachedBatch:
             pad = torch.zeros(b, h, extra, d, dtype=layer.keys.dtype, device=layer.keys.device)
             layer.keys = torch.cat([pad, layer.keys], dim=2)
             layer.values = torch.cat([pad, layer.values], dim=2)
+
+
+def length_groups(costs: list[int], waste: float = 0.25, slack: int = PAD_SLACK) -> list[list[int]]:
+    """Indices grouped by like cost, shortest first: a group grows while its padding (rows x the
+    longest, less its real tokens) stays within `waste` of its real tokens or within `slack` tokens."""
+    order = sorted(range(len(costs)), key=costs.__getitem__)
+    groups, real = [[order[0]]], costs[order[0]]
+    for i in order[1:]:
+        padding = costs[i] * (len(groups[-1]) + 1) - (real + costs[i])
+        if padding > max(waste * (real + costs[i]), slack):
+            groups.append([])
+            real = 0
+        groups[-1].append(i)
+        real += costs[i]
+    return groups
 
 
 def _kv(layer):

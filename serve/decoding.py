@@ -69,8 +69,7 @@ class RunningBatch:
 
     def prefill_cost(self, prompt: list[int]) -> int:
         """The prompt tokens a join would run: a shared prefix's are not run again."""
-        prefix = self.batch.prefix
-        return len(prompt) - 1 - (len(prefix) if prefix is not None and prefix.starts(prompt) else 0)
+        return self.batch.prefill_cost(prompt)
 
     def leave(self, key) -> None:
         """This row is done; it leaves before the next forward."""

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from actors.kv_batch import CachedBatch
+from actors.kv_batch import PAD_SLACK, CachedBatch, length_groups
 from actors.models import load_model
 from studyhall.config import ModelConfig
 
@@ -54,3 +54,29 @@ def test_rollback_select_extend_and_compact_match_unbatched(teacher, tiny_tokeni
 
     # holes never grow without bound: the cache stays within 2x the longest row plus slack
     assert batch.valid.shape[1] <= 2 * max(len(s) for s in seqs) + 64
+
+
+def test_length_groups_bound_the_padding_of_each_prefill():
+    costs = [3, 90, 5, 80, 0, 85, 4]
+    groups = length_groups(costs)
+    assert sorted(i for g in groups for i in g) == list(range(len(costs)))
+    assert groups == [[4, 0, 6, 2], [3, 5, 1]]  # the short ones, then the long ones
+    for g in groups:
+        real = sum(costs[i] for i in g)
+        padding = max(costs[i] for i in g) * len(g) - real
+        assert padding <= max(0.25 * real, PAD_SLACK)
+    assert length_groups([7, 7, 7]) == [[0, 1, 2]]
+
+
+def test_prompts_prefilled_in_length_groups_keep_their_rows_and_match_unbatched(teacher):
+    gen = torch.Generator().manual_seed(1)
+    lengths = [4, 120, 6, 100, 1, 110]
+    seqs = [torch.randint(0, 2000, (n,), generator=gen).tolist() for n in lengths]
+    assert len(length_groups([n - 1 for n in lengths])) == 2
+    batch = CachedBatch(teacher, torch.device("cpu"))
+    batch.start(seqs)
+    assert batch.length.tolist() == [n - 1 for n in lengths] and batch.pending.tolist() == [s[-1] for s in seqs]
+    drafted = torch.randint(0, 2000, (batch.rows, 2), generator=gen)
+    logits = batch.forward(torch.cat([batch.pending[:, None], drafted], dim=1))
+    for row, seq in enumerate(seqs):
+        torch.testing.assert_close(logits[row, :2], _alone(teacher, seq, drafted[row].tolist()), rtol=0, atol=1e-9)
