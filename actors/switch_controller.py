@@ -60,6 +60,7 @@ class RunStats:
     row_forwards: int = 0  # per live row and round: g drafting forwards + 1 scoring forward
     restarts: dict = field(default_factory=dict)  # role -> actor restarts survived in this run
     restart_seconds: float = 0.0
+    rows_by_group: dict = field(default_factory=dict)  # group -> sequences it took in
 
     def add(self, seq: Sequence) -> None:
         self.sequences += 1
@@ -85,6 +86,7 @@ class RunStats:
             "forwards_per_token": round(self.row_forwards / max(self.tokens, 1), 4),
             "rounds": self.rounds,
             "seconds": round(self.seconds, 2),
+            "rows_by_group": dict(self.rows_by_group),
             "restarts": dict(self.restarts),
             "restart_seconds": round(self.restart_seconds, 2),
         }
@@ -116,7 +118,6 @@ class SwitchController:
         self.cfg = switch
         self.eos_ids = set(eos_ids)
         self.gamma = {"teacher": switch.gamma, "student": switch.gamma}
-        self.group_size = math.ceil(switch.batch_size / switch.pipeline_groups)
 
     def run(self, items, on_finish=None) -> RunStats:
         """Generate for `items` (objects with .index, .prompt_id, .prompt, .token_ids).
@@ -126,9 +127,13 @@ class SwitchController:
         stats, started = RunStats(), time.perf_counter()
         restarts_before, restart_seconds_before = self._restarts()
         queue = deque(items)
+        # Split what will be in flight evenly: filling the first group to batch_size / groups would
+        # leave the others empty whenever fewer prompts than batch_size come (a training step's
+        # batch), and then the two models never work at the same time.
+        self.group_size = math.ceil(min(self.cfg.batch_size, max(len(queue), 1)) / self.cfg.pipeline_groups)
         groups = [Group(i) for i in range(self.cfg.pipeline_groups)]
         for group in groups:
-            self._admit(group, queue)
+            self._admit(group, queue, stats)
             self._launch(group)
         while any(g.in_flight for g in groups):
             flying = {g.in_flight: g for g in groups if g.in_flight}
@@ -154,7 +159,7 @@ class SwitchController:
                 group.live[:] = [group.live[i] for i in keep]
                 for role, actor in self.actors.items():
                     actor.select.remote(group.id, keep, commit=self._take_commit(group, role))
-                self._admit(group, queue)
+                self._admit(group, queue, stats)
             self._launch(group)
         stats.seconds = time.perf_counter() - started
         restarts_after, restart_seconds_after = self._restarts()
@@ -187,7 +192,7 @@ class SwitchController:
             return ref
         return None
 
-    def _admit(self, group: Group, queue: deque) -> None:
+    def _admit(self, group: Group, queue: deque, stats: RunStats) -> None:
         """Fill the group from the queue; both actors prefill the new prompts."""
         new = []
         while queue and len(group.live) + len(new) < self.group_size:
@@ -197,6 +202,7 @@ class SwitchController:
             for role, actor in self.actors.items():
                 actor.extend.remote(group.id, [s.prompt_token_ids for s in new], commit=self._take_commit(group, role))
             group.live.extend(new)
+            stats.rows_by_group[group.id] = stats.rows_by_group.get(group.id, 0) + len(new)
 
     def _launch(self, group: Group) -> None:
         """Submit one round for the group: the drafter drafts, the scorer scores and decides."""

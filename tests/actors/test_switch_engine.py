@@ -46,6 +46,15 @@ def test_greedy_block_equals_per_token(pair, tmp_path, divergence):
     assert block_summary["teacher_calls_per_token"] < 0.8
 
 
+def test_fewer_prompts_than_batch_size_are_split_across_the_pipeline_groups(pair, tmp_path):
+    # a training step's batch is smaller than switch.batch_size; both groups must get rows, or the
+    # two models would never work at the same time
+    summary, records = _run(pair, tmp_path, "split", ["batch_size=16", "pipeline_groups=2", "max_new_tokens=6"], limit=5)
+    assert len(records) == 5 and summary["rows_by_group"] == {0: 3, 1: 2}
+    summary, _ = _run(pair, tmp_path, "full", ["batch_size=4", "pipeline_groups=2", "max_new_tokens=6"], limit=9)
+    assert summary["rows_by_group"][0] + summary["rows_by_group"][1] == 9 and summary["rows_by_group"][0] >= 2
+
+
 def test_records_reuse_exact_teacher_logprobs_and_bookkeeping(pair, tmp_path):
     tau0, lam = 0.3, 0.05
     summary, records = _run(pair, tmp_path, "book", [f"tau0={tau0}", f"lam={lam}", "teacher_topk=5", "max_new_tokens=24"], limit=6)
