@@ -223,6 +223,8 @@ class CachedBatch:
 def length_groups(costs: list[int], waste: float = 0.25, slack: int = PAD_SLACK) -> list[list[int]]:
     """Indices grouped by like cost, shortest first: a group grows while its padding (rows x the
     longest, less its real tokens) stays within `waste` of its real tokens or within `slack` tokens."""
+    if not costs:
+        return []
     order = sorted(range(len(costs)), key=costs.__getitem__)
     groups, real = [[order[0]]], costs[order[0]]
     for i in order[1:]:

@@ -65,7 +65,7 @@ def test_length_groups_bound_the_padding_of_each_prefill():
         real = sum(costs[i] for i in g)
         padding = max(costs[i] for i in g) * len(g) - real
         assert padding <= max(0.25 * real, PAD_SLACK)
-    assert length_groups([7, 7, 7]) == [[0, 1, 2]]
+    assert length_groups([7, 7, 7]) == [[0, 1, 2]] and length_groups([]) == []
 
 
 def test_prompts_prefilled_in_length_groups_keep_their_rows_and_match_unbatched(teacher):
