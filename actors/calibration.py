@@ -5,17 +5,10 @@ student must learn to write (and need no data). Prompts are rendered with the ch
 """
 import torch
 
-from studyhall.prompts import EMBEDDED_PROMPTS, read_rows, render, to_messages
+from studyhall.prompts import render
 
 ANSWER_TOKENS = 64  # per calibration answer: enough to cover the start of an answer, cheap to generate
 MAX_TOKENS = 512  # a calibration sequence is cut here, so long data rows cost no more than a long answer
-
-
-def embedded_messages(count: int, from_end: bool = False) -> list[list[dict]]:
-    """The first (or last) `count` embedded prompts as chat messages."""
-    rows = read_rows(EMBEDDED_PROMPTS)
-    rows = rows[-count:] if from_end else rows[:count]
-    return [to_messages(row, f"{EMBEDDED_PROMPTS} line {line}") for line, row in rows]
 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:

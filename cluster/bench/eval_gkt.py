@@ -13,10 +13,11 @@ import ray
 from ray import serve
 from rouge_score import rouge_scorer
 
-from cluster.bench.gkt import embedded_messages, free_port, log
+from cluster.bench.gkt import free_port, log
 from serve.app import start
 from serve.load import drive
 from studyhall.config import load_config
+from studyhall.prompts import embedded_messages
 
 KS = (0, 4, 8, 16, 32)
 IN_FLIGHT = 8

@@ -31,17 +31,11 @@ from serve.app import APP_NAME, start
 from serve.decoding import RunningBatch, Sampling, chat_prefix
 from serve.load import drive
 from studyhall.config import load_config
-from studyhall.prompts import EMBEDDED_PROMPTS, read_rows, render, to_messages
+from studyhall.prompts import embedded_messages, render
 
 CONCURRENCY = (1, 8, 32, 64)
 DEFAULTS = {"tiny": {"max_tokens": 32, "budget_s": 60.0}, "smol": {"max_tokens": 48, "budget_s": 120.0}}
 IDEAL_ROUNDS = 2  # batches per size timed in-process
-
-
-def embedded_messages(limit: int | None = None, last: bool = False) -> list[list[dict]]:
-    rows = read_rows(EMBEDDED_PROMPTS)
-    rows = rows[-limit:] if (last and limit) else rows[:limit]
-    return [to_messages(row, f"{EMBEDDED_PROMPTS} line {line}") for line, row in rows]
 
 
 def free_port() -> int:

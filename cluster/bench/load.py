@@ -24,9 +24,10 @@ import ray
 from ray import serve
 from tqdm import tqdm
 
-from cluster.bench.gkt import embedded_messages, free_port
+from cluster.bench.gkt import free_port
 from serve.app import start
 from studyhall.config import ConfigError, load_config
+from studyhall.prompts import embedded_messages
 
 WARMUP = 2  # requests before timing: first calls pay one-off costs
 REQUEST_TIMEOUT_S = 600.0

@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from actors.models import resolve_path
-from studyhall.prompts import EMBEDDED_PROMPTS, read_rows, to_messages
+from studyhall.prompts import embedded_messages
 
 
 class StepTimer(TrainerCallback):
@@ -47,8 +47,7 @@ def main() -> None:
     teacher_path, student_path = resolve_path("embedded:teacher"), resolve_path("embedded:student")
     tokenizer = AutoTokenizer.from_pretrained(student_path)
     # Every example is regenerated on-policy (lmbda=1), so the assistant turn is only a slot for the collator.
-    rows = [to_messages(row, f"{EMBEDDED_PROMPTS}:{line}") for line, row in read_rows(EMBEDDED_PROMPTS)]
-    dataset = Dataset.from_list([{"messages": [*m, {"role": "assistant", "content": "."}]} for m in rows])
+    dataset = Dataset.from_list([{"messages": [*m, {"role": "assistant", "content": "."}]} for m in embedded_messages()])
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as scratch:
         config = GKDConfig(output_dir=scratch, max_steps=args.steps, per_device_train_batch_size=4,

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from actors import embedded
-from actors.calibration import embedded_messages, greedy_answers, prompt_ids
+from actors.calibration import greedy_answers, prompt_ids
 from actors.models import load_model, load_tokenizer
 from actors.pruning import prune_to
 from cluster.generate import generate
 from studyhall.config import load_config
+from studyhall.prompts import embedded_messages
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -64,7 +65,7 @@ def test_pruned_student_is_closer_to_the_teacher_than_the_first_four_layers():
     first_four = copy.deepcopy(teacher)
     prune_to(first_four, [0, 1, 2, 3])  # the old embedded student
     tokenizer = load_tokenizer(cfg.teacher.path)
-    prompts = embedded_messages(3, from_end=True)  # not among the student's calibration prompts
+    prompts = embedded_messages(3, last=True)  # not among the student's calibration prompts
     answers = greedy_answers(teacher, tokenizer, prompts, answer_tokens=24)
     starts = [len(prompt_ids(tokenizer, messages)) for messages in prompts]
     with torch.no_grad():
