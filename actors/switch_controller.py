@@ -130,8 +130,8 @@ class SwitchController:
         # Split what will be in flight evenly: filling the first group to batch_size / groups would
         # leave the others empty whenever fewer prompts than batch_size come (a training step's
         # batch), and then the two models never work at the same time.
-        self.group_size = math.ceil(min(self.cfg.batch_size, max(len(queue), 1)) / self.cfg.pipeline_groups)
-        groups = [Group(i) for i in range(self.cfg.pipeline_groups)]
+        self.group_size = math.ceil(min(self.cfg.batch_size, max(len(queue), 1)) / self.cfg.groups())
+        groups = [Group(i) for i in range(self.cfg.groups())]
         for group in groups:
             self._admit(group, queue, stats)
             self._launch(group)

@@ -44,10 +44,16 @@ class SwitchConfig:
     top_p: float = 1.0
     max_new_tokens: int = 128
     batch_size: int = 16  # sequences in flight, split across the pipeline groups
-    pipeline_groups: int = 2  # groups take turns, so one model drafts for one while the other scores another
+    # groups take turns, so one model drafts for one while the other scores another; 0 = auto: 2, but 1 for
+    # training batches when a trainer stepping beside them would compete for the cores (studyhall/threads.py)
+    pipeline_groups: int = 0
     seed: int = 0
     teacher_topk: int = 20  # teacher log-probs kept per position, beside the chosen token's own
     wire_dtype: str = "float32"  # distributions between actors: float32 (exact) or float16
+
+    def groups(self) -> int:
+        """The pipeline groups to run: pipeline_groups, or 2 for auto (0)."""
+        return self.pipeline_groups or 2
 
     def tau_for_skd(self) -> float:
         return self.skd_top_k - 0.5
@@ -249,7 +255,7 @@ def validate(cfg: Config) -> None:
         (0 < s.top_p <= 1, f"switch.top_p={s.top_p}: must be in (0, 1]"),
         (s.max_new_tokens >= 1, f"switch.max_new_tokens={s.max_new_tokens}: must be >= 1"),
         (s.batch_size >= 1, f"switch.batch_size={s.batch_size}: must be >= 1"),
-        (s.pipeline_groups >= 1, f"switch.pipeline_groups={s.pipeline_groups}: must be >= 1"),
+        (s.pipeline_groups >= 0, f"switch.pipeline_groups={s.pipeline_groups}: must be >= 1, or 0 for auto"),
         (s.skd_top_k >= 1, f"switch.skd_top_k={s.skd_top_k}: must be >= 1"),
         (s.teacher_topk >= 0, f"switch.teacher_topk={s.teacher_topk}: must be >= 0"),
         (s.wire_dtype in ("float32", "float16"), f"switch.wire_dtype={s.wire_dtype!r}: choose float32 or float16"),

@@ -5,6 +5,9 @@ generation side's cores when that side idles while it steps: with strict alterna
 (train.max_staleness=0) the teacher and student wait for the push. With generation running beside
 training (max_staleness >= 1) both sides are busy at once, and extra threads only contend: on 2
 cores, gkd on smol ran 5.08 s/step with 1 trainer thread and 5.86 with 2 (README: Distill).
+
+The same contention decides SWITCH's pipeline groups in training: two groups keep the teacher and
+the student busy at once, which pays only if that does not take cores from a trainer stepping beside them.
 """
 import math
 
@@ -24,3 +27,21 @@ def trainer_threads(cfg) -> int:
     if t.max_staleness == 0:
         share += (cfg.teacher.num_cpus + cfg.student.num_cpus) / t.num_workers
     return threads_for(share)
+
+
+def cpu_threads(model) -> int:
+    """The threads a teacher or student actor computes with on CPU; none when it has a GPU."""
+    return 0 if model.num_gpus > 0 else threads_for(model.num_cpus)
+
+
+def pair_contends_with_trainer(cfg) -> bool:
+    """True when batches are made ahead (max_staleness >= 1) and the teacher, the student and the
+    training workers, all busy at once, run more CPU threads than the CPUs they reserve together:
+    then a second model working at the same time only slows the other two."""
+    t = cfg.train
+    if t.max_staleness == 0:
+        return False  # the trainer waits while the pair generates
+    worker_threads = 0 if t.gpus_per_worker > 0 else trainer_threads(cfg)
+    threads = cpu_threads(cfg.teacher) + cpu_threads(cfg.student) + worker_threads * t.num_workers
+    cpus = cfg.teacher.num_cpus + cfg.student.num_cpus + t.cpus_per_worker * t.num_workers
+    return threads > cpus

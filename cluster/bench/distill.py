@@ -35,6 +35,7 @@ def run_bench(preset: str, method: str, out: str, vary: str | None, overrides: l
         runs.append({"setting": label, "report": str(run_dir / "report.json"), "seconds": report["seconds"],
                      "tokens_per_s": report["tokens_per_s"], "train_tokens": report["train_tokens"],
                      "staleness_steps": report["staleness_steps"], "weight_push": report["weight_push"],
+                     "generation": report["generation"],
                      "phases": report["phases"]["steady_state"]})
     result = {"preset": preset, "method": method, "overrides": overrides, "runs": runs}
     result["table"] = markdown(result)
@@ -55,6 +56,8 @@ def markdown(result: dict) -> str:
     lines.append("| train tokens/s (end to end) | " + " | ".join(f"{r['tokens_per_s']}" for r in runs) + " |")
     lines.append("| weights into the generation actor (MB, s per load) | " + " | ".join(
         f"{r['weight_push']['packet_mb']}, {r['weight_push']['seconds_per_load']}" for r in runs) + " |")
+    lines.append("| generation (tokens, s, SWITCH pipeline groups) | " + " | ".join(
+        f"{r['generation']['tokens']}, {r['generation']['seconds']}, {r['generation']['pipeline_groups']}" for r in runs) + " |")
     lines.append("| staleness (mean, max) | " + " | ".join(
         f"{r['staleness_steps']['mean']}, {r['staleness_steps']['max']}" for r in runs) + " |")
     return "\n".join(lines)

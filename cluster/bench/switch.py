@@ -44,7 +44,7 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
         return summary, seqs
 
     result = {"preset": preset, "prompts": len(items), "max_new_tokens": cfg.switch.max_new_tokens,
-              "batch_size": cfg.switch.batch_size, "pipeline_groups": cfg.switch.pipeline_groups,
+              "batch_size": cfg.switch.batch_size, "pipeline_groups": cfg.switch.groups(),
               "schedule": "exponential", "lam": lam, "divergence": cfg.switch.divergence}
     warm_up, _ = run(mode="block", tau0=cfg.switch.tau0, lam=lam)  # pays first-call costs; timing not kept
     seen = [(cfg.switch.tau0, warm_up["teacher_share"], None)]
@@ -96,7 +96,7 @@ def _calibrate(run, target: float, seen: list, lam: float, steps: int = CALIBRAT
 def _bound(cfg, teacher, student, items) -> dict:
     """Student-only sampling rate and teacher block-scoring rate, each measured inside its actor
     with the shapes the runs use: a pipeline group's rows, blocks of the starting gamma."""
-    rows = math.ceil(cfg.switch.batch_size / cfg.switch.pipeline_groups)
+    rows = math.ceil(cfg.switch.batch_size / cfg.switch.groups())
     prompts = [it.token_ids for it in items[:rows]]
     g, rounds = cfg.switch.gamma, max(4, cfg.switch.max_new_tokens // (2 * cfg.switch.gamma))
     student_rate = ray.get(student.throughput.remote(prompts, g, rounds, "draft"))

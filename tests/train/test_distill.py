@@ -192,6 +192,9 @@ def test_every_method_runs_two_steps(method, dolly_file, tmp_path):
         assert reuse["extra_pass_positions"] == 0 and reuse["reused_positions"] > 0
         assert reuse["recorded_vs_rescored_max_abs_diff"] < 1e-2
         assert saved["intervention_by_position"]
+        # tiny with overlap: the pair and the trainer run 3 threads on 1.5 CPUs, so one SWITCH group
+        # makes every training row (2 steps of 4), the second group none
+        assert saved["generation"]["pipeline_groups"] == 1 and saved["generation"]["rows_by_group"] == {"0": 8}
     if method in ("kd", "sft"):
         assert reuse["reused_positions"] == 0
     assert report["files"]["md"].endswith("report.md")
