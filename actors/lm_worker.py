@@ -51,11 +51,6 @@ class LMWorker:
             self.model = load_model(self.spec, self.device)
         return {**self.info(), "fresh": fresh}
 
-    def set_threads(self, threads: int) -> int:
-        """Compute with `threads` CPU threads from the next call on; 0 = its own share's."""
-        torch.set_num_threads(threads or threads_for(self.spec.num_cpus))
-        return torch.get_num_threads()
-
     def configure(self, switch: SwitchConfig) -> None:
         """New generation settings (and seed) for the next run; drops any batch in flight."""
         self.switch = switch
@@ -249,7 +244,7 @@ class LMWorker:
 
     def info(self) -> dict:
         p = next(self.model.parameters())
-        return {"role": self.role, "device": str(self.device), "dtype": str(p.dtype), "threads": torch.get_num_threads(),
+        return {"role": self.role, "device": str(self.device), "dtype": str(p.dtype),
                 "vocab_size": int(self.model.config.vocab_size), "node": ray.get_runtime_context().get_node_id(),
                 "assigned_resources": ray.get_runtime_context().get_assigned_resources()}
 

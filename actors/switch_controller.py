@@ -11,7 +11,6 @@ actors' batches are rebuilt from each live sequence's committed tokens (actors/r
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +61,6 @@ class RunStats:
     restarts: dict = field(default_factory=dict)  # role -> actor restarts survived in this run
     restart_seconds: float = 0.0
     rows_by_group: dict = field(default_factory=dict)  # group -> sequences it took in
-    rounds_on_extra_threads: int = 0  # rounds run with the `threads` the caller gave (e.g. a waiting trainer's cores)
 
     def add(self, seq: Sequence) -> None:
         self.sequences += 1
@@ -89,7 +87,6 @@ class RunStats:
             "rounds": self.rounds,
             "seconds": round(self.seconds, 2),
             "rows_by_group": dict(self.rows_by_group),
-            "rounds_on_extra_threads": self.rounds_on_extra_threads,
             "restarts": dict(self.restarts),
             "restart_seconds": round(self.restart_seconds, 2),
         }
@@ -114,14 +111,10 @@ class Group:
 
 
 class SwitchController:
-    def __init__(self, teacher, student, switch: SwitchConfig, eos_ids: set[int], revival: Revival | None = None,
-                 threads: Callable[[], int] | None = None):
-        """Without a `revival`, an actor's death ends the run (the error propagates). `threads()`,
-        asked before each round, gives the CPU threads both actors compute it with (0: their own)."""
+    def __init__(self, teacher, student, switch: SwitchConfig, eos_ids: set[int], revival: Revival | None = None):
+        """Without a `revival`, an actor's death ends the run (the error propagates)."""
         self.actors = {"teacher": teacher, "student": student}
         self.revival = revival
-        self.threads = threads
-        self.threads_now: int | None = 0  # what the actors were last told; None: unknown (after a restart)
         self.cfg = switch
         self.eos_ids = set(eos_ids)
         self.gamma = {"teacher": switch.gamma, "student": switch.gamma}
@@ -141,7 +134,7 @@ class SwitchController:
         groups = [Group(i) for i in range(self.cfg.groups())]
         for group in groups:
             self._admit(group, queue, stats)
-            self._launch(group, stats)
+            self._launch(group)
         while any(g.in_flight for g in groups):
             flying = {g.in_flight: g for g in groups if g.in_flight}
             ready, _ = ray.wait(list(flying), num_returns=1)
@@ -167,8 +160,7 @@ class SwitchController:
                 for role, actor in self.actors.items():
                     actor.select.remote(group.id, keep, commit=self._take_commit(group, role))
                 self._admit(group, queue, stats)
-            self._launch(group, stats)
-        self._set_threads(0)  # the actors leave the run on their own threads
+            self._launch(group)
         stats.seconds = time.perf_counter() - started
         restarts_after, restart_seconds_after = self._restarts()
         stats.restarts = {role: n - restarts_before[role] for role, n in restarts_after.items()}
@@ -185,7 +177,6 @@ class SwitchController:
         appended), rebuild each group's batch on both actors from the sequences' committed tokens
         (prompt + answer so far; the last one becomes pending, as after a commit), and launch again."""
         self.revival.revive(self.cfg)
-        self.threads_now = None  # a restarted actor is back on its own threads, the other may not be
         for group in groups:
             group.in_flight, group.uncommitted = None, None
             if group.live:
@@ -213,25 +204,13 @@ class SwitchController:
             group.live.extend(new)
             stats.rows_by_group[group.id] = stats.rows_by_group.get(group.id, 0) + len(new)
 
-    def _set_threads(self, threads: int) -> None:
-        """Tell both actors their thread count when it changes; Ray runs one caller's calls to an
-        actor in order, so the next round computes with it."""
-        if self.threads is not None and threads != self.threads_now:
-            for actor in self.actors.values():
-                actor.set_threads.remote(threads)
-            self.threads_now = threads
-
-    def _launch(self, group: Group, stats: RunStats | None = None) -> None:
+    def _launch(self, group: Group) -> None:
         """Submit one round for the group: the drafter drafts, the scorer scores and decides."""
         if not group.live:
             group.in_flight = None
             for actor in self.actors.values():
                 actor.drop.remote(group.id)
             return
-        if self.threads is not None:
-            self._set_threads(self.threads())
-            if stats is not None and self.threads_now:
-                stats.rounds_on_extra_threads += 1
         drafter, g = self._plan(group.live)
         scorer = "student" if drafter == "teacher" else "teacher"
         draft_ref = self.actors[drafter].draft.remote(group.id, g, commit=self._take_commit(group, drafter))

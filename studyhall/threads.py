@@ -8,9 +8,6 @@ cores, gkd on smol ran 5.08 s/step with 1 trainer thread and 5.86 with 2 (README
 
 The same contention decides SWITCH's pipeline groups in training: two groups keep the teacher and
 the student busy at once, which pays only if that does not take cores from a trainer stepping beside them.
-With one group the two compute in turn, and while the trainer waits for their batch the one at work
-takes the pair's cores and the trainer's (on 2 cores, a 1-token teacher step at batch 4 took 85-92 ms
-with 2 threads against 136-147 ms with 1).
 """
 import math
 
@@ -48,13 +45,3 @@ def pair_contends_with_trainer(cfg) -> bool:
     threads = cpu_threads(cfg.teacher) + cpu_threads(cfg.student) + worker_threads * t.num_workers
     cpus = cfg.teacher.num_cpus + cfg.student.num_cpus + t.cpus_per_worker * t.num_workers
     return threads > cpus
-
-
-def threads_while_trainer_waits(cfg, pipeline_groups: int) -> int:
-    """Threads for the teacher or student at work while the trainer waits for their batch: with one
-    pipeline group, where the pair contends with the trainer (they compute in turn, the trainer
-    idles), the pair's and the trainers' cores together; 0 (their own) otherwise."""
-    if pipeline_groups != 1 or not pair_contends_with_trainer(cfg):
-        return 0
-    t = cfg.train
-    return threads_for(cfg.teacher.num_cpus + cfg.student.num_cpus + t.cpus_per_worker * t.num_workers)

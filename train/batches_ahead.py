@@ -13,16 +13,11 @@ class BatchesAhead:
         self.make, self.ahead, self.last_step = make, ahead, last_step
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches-ahead")
         self.futures: dict[int, Future] = {}
-        self.trainer_waiting = False  # a trainer is blocked in get() on a batch still being made
 
     def get(self, step: int):
         """Step `step`'s batch: the one made ahead, or made now. Its error, if making it failed."""
         future = self.futures.pop(step, None) or self.pool.submit(self.make, step)
-        self.trainer_waiting = True
-        try:
-            batch = future.result()
-        finally:
-            self.trainer_waiting = False
+        batch = future.result()
         for later in range(step + 1, min(step + self.ahead, self.last_step) + 1):
             if later not in self.futures:
                 self.futures[later] = self.pool.submit(self.make, later)

@@ -20,7 +20,7 @@ from actors.switch_controller import SwitchController, position_bucket
 from actors.weights import Packet
 from studyhall.config import Config, SwitchConfig
 from studyhall.prompts import PromptItem
-from studyhall.threads import pair_contends_with_trainer, threads_while_trainer_waits
+from studyhall.threads import pair_contends_with_trainer
 from train.batches_ahead import BatchesAhead
 from train.data import Example, load_references, prompt_token_ids, render_prompt, save_references
 from train.methods import make_method
@@ -92,8 +92,6 @@ class Rollout:
         self.method = make_method(cfg, self)
         self.batch_groups = batch_pipeline_groups(cfg)
         self.batch_rows_by_group: dict[int, int] = {}  # SWITCH pipeline group -> training-batch rows it generated
-        # while the trainer waits for a batch, the model at work may take its cores (studyhall/threads.py)
-        self.waiting_threads = threads_while_trainer_waits(cfg, self.batch_groups)
         self.batch_cache: tuple[int, list] | None = None
         self.ahead = BatchesAhead(self._make_batch, cfg.train.max_staleness, cfg.train.steps)
         self.last_step = 0  # the highest step whose batch a trainer asked for
@@ -105,8 +103,7 @@ class Rollout:
         self.val_kl: dict[str, dict] = {}
         self.counts = {"reused_positions": 0, "extra_pass_positions": 0, "extra_pass_seconds": 0.0,
                        "generation_seconds": 0.0, "generated_tokens": 0,
-                       "weight_loads": 0, "weight_load_seconds": 0.0, "weight_packet_mb": 0.0,
-                       "batch_rounds": 0, "batch_rounds_on_trainer_cores": 0}
+                       "weight_loads": 0, "weight_load_seconds": 0.0, "weight_packet_mb": 0.0}
         self.position_tokens: dict[str, int] = {}
         self.position_teacher: dict[str, int] = {}
 
@@ -217,15 +214,12 @@ class Rollout:
         training_batch = settings is None
         settings = settings or dataclasses.replace(engine_settings(self.cfg.switch, mode, seed), pipeline_groups=self.batch_groups)
         self.revival.call(settings, lambda: ray.get([a.configure.remote(settings) for a in (self.teacher, self.student)]))
-        threads = (lambda: self.waiting_threads if self.ahead.trainer_waiting else 0) if training_batch and self.waiting_threads else None
-        controller = SwitchController(self.teacher, self.student, settings, self.eos, self.revival, threads)
+        controller = SwitchController(self.teacher, self.student, settings, self.eos, self.revival)
         done: dict[int, dict] = {}
         stats = controller.run(self.items(examples), on_finish=lambda seq: done.__setitem__(seq.index, seq.to_record("")))
         self.counts["generation_seconds"] += stats.seconds
         self.counts["generated_tokens"] += stats.tokens
         if training_batch:
-            self.counts["batch_rounds"] += stats.rounds
-            self.counts["batch_rounds_on_trainer_cores"] += stats.rounds_on_extra_threads
             for group, rows in stats.rows_by_group.items():
                 self.batch_rows_by_group[group] = self.batch_rows_by_group.get(group, 0) + rows
         records = [done[i] for i in range(len(examples))]
@@ -375,8 +369,7 @@ class Rollout:
         return {"counts": {k: round(v, 3) if isinstance(v, float) else v for k, v in self.counts.items()},
                 "intervention_by_position": by_position,
                 "val_kl_to_teacher": self.val_kl,
-                "batch_pipeline_groups": {"groups": self.batch_groups, "rows_by_group": dict(sorted(self.batch_rows_by_group.items())),
-                                          "threads_while_trainer_waits": self.waiting_threads},
+                "batch_pipeline_groups": {"groups": self.batch_groups, "rows_by_group": dict(sorted(self.batch_rows_by_group.items()))},
                 "staleness_steps": {"mean": round(sum(stale) / len(stale), 3), "max": max(stale),
                                     "per_step": {str(s): v for s, v in sorted(self.staleness.items())}},
                 "faults": {"worker_group_failures": len(self.failures),

@@ -58,9 +58,6 @@ def markdown(result: dict) -> str:
         f"{r['weight_push']['packet_mb']}, {r['weight_push']['seconds_per_load']}" for r in runs) + " |")
     lines.append("| generation (tokens, s, SWITCH pipeline groups) | " + " | ".join(
         f"{r['generation']['tokens']}, {r['generation']['seconds']}, {r['generation']['pipeline_groups']}" for r in runs) + " |")
-    lines.append("| rounds on the waiting trainer's cores (of all, threads) | " + " | ".join(
-        f"{r['generation']['rounds_on_trainer_cores']} of {r['generation']['rounds']}, "
-        f"{r['generation']['threads_while_trainer_waits']}" for r in runs) + " |")
     lines.append("| staleness (mean, max) | " + " | ".join(
         f"{r['staleness_steps']['mean']}, {r['staleness_steps']['max']}" for r in runs) + " |")
     return "\n".join(lines)

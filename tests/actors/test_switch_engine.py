@@ -7,11 +7,9 @@ import torch
 
 from actors.models import load_model
 from actors.pair import start_pair
-from actors.switch_controller import SwitchController
 from cluster.generate import generate
 from studyhall.config import load_config
 from studyhall.distill_math import divergence_logprobs, js
-from studyhall.prompts import PromptItem
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -86,22 +84,3 @@ def test_records_reuse_exact_teacher_logprobs_and_bookkeeping(pair, tmp_path):
         teacher_total += sum(r["from_teacher"])
     assert summary["tokens"] == total
     assert summary["teacher_share"] == pytest.approx(teacher_total / total, abs=1e-4)
-
-
-def test_rounds_run_on_the_threads_the_caller_gives_and_the_actors_leave_on_their_own(pair, tmp_path):
-    teacher, student = pair
-    cfg = load_config("tiny", ["max_new_tokens=8", "pipeline_groups=1"])
-    asked = []
-
-    def threads():
-        asked.append(len(asked))
-        return 2 if len(asked) <= 2 else 0  # a trainer that waits for the first two rounds only
-
-    items = [PromptItem(i, f"p{i}", "", [1, 2, 3 + i]) for i in range(3)]
-    ray.get([a.configure.remote(cfg.switch) for a in pair])
-    summary = SwitchController(teacher, student, cfg.switch, set(), threads=threads).run(items).summary()
-    assert summary["sequences"] == 3 and summary["rounds"] == len(asked) > 2
-    assert summary["rounds_on_extra_threads"] == 2
-    # tiny's actors have half a core each: one thread of their own, which they end the run with
-    assert [ray.get(a.info.remote())["threads"] for a in pair] == [1, 1]
-    assert ray.get(teacher.set_threads.remote(2)) == 2 and ray.get(teacher.set_threads.remote(0)) == 1

@@ -1,8 +1,7 @@
 """SWITCH pipeline groups for training batches: two keep the teacher and student busy at once, one
-where that would take cores from a trainer stepping beside them (auto), and a set value always; and
-the threads the model at work takes while the trainer waits."""
+where that would take cores from a trainer stepping beside them (auto), and a set value always."""
 from studyhall.config import load_config
-from studyhall.threads import pair_contends_with_trainer, threads_while_trainer_waits
+from studyhall.threads import pair_contends_with_trainer
 from train.rollout import batch_pipeline_groups
 
 
@@ -20,14 +19,3 @@ def test_training_batches_run_one_pipeline_group_where_a_second_would_take_the_t
     # a value the user set is what runs
     assert batch_pipeline_groups(load_config("smol", ["max_staleness=1", "pipeline_groups=2"])) == 2
     assert batch_pipeline_groups(load_config("smol", ["max_staleness=0", "pipeline_groups=1"])) == 1
-
-
-def test_while_the_trainer_waits_the_model_at_work_takes_the_pairs_and_the_trainers_cores():
-    # smol: 1 + 0.5 + 0.5 CPUs; one group, so teacher and student compute in turn
-    assert threads_while_trainer_waits(load_config("smol", ["max_staleness=1"]), 1) == 2
-    # two groups compute at once, and strict alternation has no contention: their own threads
-    assert threads_while_trainer_waits(load_config("smol", ["max_staleness=1"]), 2) == 0
-    assert threads_while_trainer_waits(load_config("smol", ["max_staleness=0"]), 1) == 0
-    # with a core each there is no contention to begin with
-    enough = ["max_staleness=1", "teacher.num_cpus=1", "student.num_cpus=1", "cpus_per_worker=1"]
-    assert threads_while_trainer_waits(load_config("smol", enough), 1) == 0
