@@ -84,10 +84,13 @@ def test_the_report_breaks_each_step_into_phases(zero2_run):
     _, report = zero2_run
     per_step = report["phases"]["per_step"]
     assert [p["step"] for p in per_step] == list(range(1, 7))
-    for p in per_step:  # generation, training and the push happen every step of a strictly alternating run
+    for p in per_step:  # training and the push happen every step
         assert all(p[phase] >= 0 for phase in PHASES)
-        assert p["generation"] > 0 and p["forward_backward"] > 0 and p["optimizer"] > 0 and p["weight_push"] > 0
+        assert p["forward_backward"] > 0 and p["optimizer"] > 0 and p["weight_push"] > 0
         assert p["validation"] == 0  # kd has no held-out loss in its loop
+    # with max_staleness=1 a batch made ahead can be ready before the trainer asks (then its wait, and
+    # so its generation phase, is 0); step 1's batch is made while the trainer waits for it
+    assert per_step[0]["generation"] > 0
     steady = report["phases"]["steady_state"]
     assert steady["steps"] == 5 and abs(steady["seconds_per_step"] - sum(steady[p] for p in PHASES)) < 0.01
     assert "| forward_backward |" in Path(report["files"]["md"]).read_text()
