@@ -32,7 +32,7 @@ lint: setup
 	.venv/bin/lint-imports
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25  # the slowest tests, so CI time can be kept in hand
 
 bench: setup
 	.venv/bin/studyhall bench switch --preset tiny --out out/bench/switch_tiny.json
