@@ -23,16 +23,17 @@ SHORT = {"generation": "gen", "waiting": "wait", "forward_backward": "fwd_bwd", 
 class PhaseTimer:
     """Seconds per phase for the step in progress; `take()` hands them over and starts the next step."""
 
-    def __init__(self):
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
         self.seconds = dict.fromkeys(PHASES, 0.0)
 
     @contextmanager
     def __call__(self, phase: str):
-        started = time.perf_counter()
+        started = self.clock()
         try:
             yield
         finally:
-            self.seconds[phase] += time.perf_counter() - started
+            self.seconds[phase] += self.clock() - started
 
     def take(self) -> dict:
         taken, self.seconds = self.seconds, dict.fromkeys(PHASES, 0.0)
