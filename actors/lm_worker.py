@@ -44,13 +44,6 @@ class LMWorker:
         self.device = pick_device(spec)
         self.configure(switch)
 
-    def set_threads(self, threads: int) -> int:
-        """Compute with `threads` CPU threads from the next call on (0: leave as is, e.g. on a GPU).
-        The rollout lends an actor a waiting trainer's cores this way (studyhall/threads.py)."""
-        if threads > 0:
-            torch.set_num_threads(threads)
-        return torch.get_num_threads()
-
     def load(self) -> dict:
         """Load the model once; "fresh" says whether this call did (after a restart it must again)."""
         fresh = not hasattr(self, "model")
@@ -253,7 +246,6 @@ class LMWorker:
         p = next(self.model.parameters())
         return {"role": self.role, "device": str(self.device), "dtype": str(p.dtype),
                 "vocab_size": int(self.model.config.vocab_size), "node": ray.get_runtime_context().get_node_id(),
-                "threads": torch.get_num_threads(),
                 "assigned_resources": ray.get_runtime_context().get_assigned_resources()}
 
 

@@ -113,7 +113,6 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     torch_threads: int = 0  # CPU threads per worker; 0 = auto (studyhall/threads.py): its CPU share, plus the idle generation side's with max_staleness=0
-    lend_waiting_cores: bool = True  # a worker waiting for its batch lends its CPU cores to the teacher and student on its node (studyhall/threads.py)
     push_every: int = 1  # steps between pushes of the trained weights to the generation actor
     max_staleness: int = 1  # batches made ahead of the trainer: step s+1's is generated while step s trains, with step s-1's weights; 0 = strict alternation
     checkpoint_every: int = 10

@@ -8,9 +8,6 @@ cores, gkd on smol ran 5.08 s/step with 1 trainer thread and 5.86 with 2 (README
 
 The same contention decides SWITCH's pipeline groups in training: two groups keep the teacher and
 the student busy at once, which pays only if that does not take cores from a trainer stepping beside them.
-
-The other way round, a trainer that waits for its batch leaves its cores idle, and the pair may take
-them until the batch is done (threads_while_trainer_waits).
 """
 import math
 
@@ -48,16 +45,3 @@ def pair_contends_with_trainer(cfg) -> bool:
     threads = cpu_threads(cfg.teacher) + cpu_threads(cfg.student) + worker_threads * t.num_workers
     cpus = cfg.teacher.num_cpus + cfg.student.num_cpus + t.cpus_per_worker * t.num_workers
     return threads > cpus
-
-
-def threads_while_trainer_waits(cfg, role: str, groups: int) -> int:
-    """The threads `role`'s actor may compute with while a training worker on its node waits for a
-    batch. With one pipeline group the teacher and the student take turns, so the one computing takes
-    the pair's cores and the worker's; with two, both compute at once and each adds half the worker's.
-    None (0) on a GPU."""
-    spec = getattr(cfg, role)
-    if spec.num_gpus > 0:
-        return 0
-    if groups == 1:
-        return threads_for(cfg.teacher.num_cpus + cfg.student.num_cpus + cfg.train.cpus_per_worker)
-    return threads_for(spec.num_cpus + cfg.train.cpus_per_worker / 2)

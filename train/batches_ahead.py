@@ -4,7 +4,6 @@ in step order, so generation for step s+1 runs while the trainer works on step s
 Only the thread makes batches, one at a time, so the models are never shared between two of them.
 """
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 
 
 class BatchesAhead:
@@ -14,18 +13,6 @@ class BatchesAhead:
         self.make, self.ahead, self.last_step = make, ahead, last_step
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches-ahead")
         self.futures: dict[int, Future] = {}
-
-    def ready(self, step: int) -> bool:
-        """Whether step `step`'s batch is made (or failed), so asking for it does not wait."""
-        future = self.futures.get(step)
-        return future is not None and future.done()
-
-    def wait(self, step: int) -> None:
-        """Until step `step`'s batch is made (started now if it was not), without handing it over or
-        starting later ones: whoever waits can undo what it did for the wait before they start."""
-        if step not in self.futures:
-            self.futures[step] = self.pool.submit(self.make, step)
-        futures_wait([self.futures[step]])
 
     def get(self, step: int):
         """Step `step`'s batch: the one made ahead, or made now. Its error, if making it failed."""

@@ -181,8 +181,7 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
                                     "extra_pass_seconds": counts["extra_pass_seconds"], **saving},
             "generation": {"seconds": counts["generation_seconds"], "tokens": counts["generated_tokens"],
                            "pipeline_groups": summary["batch_pipeline_groups"]["groups"],
-                           "rows_by_group": summary["batch_pipeline_groups"]["rows_by_group"],
-                           "cores_lent_seconds": counts["cores_lent_seconds"], "lent_threads": summary["lent_threads"]},
+                           "rows_by_group": summary["batch_pipeline_groups"]["rows_by_group"]},
             "weight_push": {"label": "the trainer's weights as they reach the student generation actor: the packet "
                                      "(actors.weights) and the seconds the actor took to take each one, between batches",
                             "packet_mb": round(counts["weight_packet_mb"], 1), "loads": counts["weight_loads"],

@@ -9,11 +9,9 @@ where it did not (ground-truth answers).
 import dataclasses
 import threading
 import time
-from contextlib import contextmanager
 from functools import wraps
 
 import ray
-from ray.exceptions import RayActorError
 
 from actors.models import eos_ids, load_tokenizer
 from actors.pair import start_pair, stop_pair
@@ -22,7 +20,7 @@ from actors.switch_controller import SwitchController, position_bucket
 from actors.weights import Packet
 from studyhall.config import Config, SwitchConfig
 from studyhall.prompts import PromptItem
-from studyhall.threads import cpu_threads, pair_contends_with_trainer, threads_while_trainer_waits
+from studyhall.threads import pair_contends_with_trainer
 from train.batches_ahead import BatchesAhead
 from train.data import Example, load_references, prompt_token_ids, render_prompt, save_references
 from train.methods import make_method
@@ -93,8 +91,6 @@ class Rollout:
         self.references.update({e.id: e.response for e in train + val if e.response is not None})
         self.method = make_method(cfg, self)
         self.batch_groups = batch_pipeline_groups(cfg)
-        self.pair_nodes = {role: info["node"] for role, info in self.pair_info().items()}
-        self.lent_threads: dict[str, int] = {}  # role -> the threads it confirmed computing with while a worker waited
         self.batch_rows_by_group: dict[int, int] = {}  # SWITCH pipeline group -> training-batch rows it generated
         self.batch_cache: tuple[int, list] | None = None
         self.ahead = BatchesAhead(self._make_batch, cfg.train.max_staleness, cfg.train.steps)
@@ -107,26 +103,15 @@ class Rollout:
         self.val_kl: dict[str, dict] = {}
         self.counts = {"reused_positions": 0, "extra_pass_positions": 0, "extra_pass_seconds": 0.0,
                        "generation_seconds": 0.0, "generated_tokens": 0,
-                       "cores_lent_seconds": 0.0, "weight_loads": 0, "weight_load_seconds": 0.0, "weight_packet_mb": 0.0}
+                       "weight_loads": 0, "weight_load_seconds": 0.0, "weight_packet_mb": 0.0}
         self.position_tokens: dict[str, int] = {}
         self.position_teacher: dict[str, int] = {}
 
-    def _pair(self) -> dict:
-        return {"teacher": self.teacher, "student": self.student}
-
-    def pair_info(self) -> dict:
-        """Each generation actor's device, dtype, node and the CPU threads it computes with now."""
-        return dict(zip(("teacher", "student"), ray.get([actor.info.remote() for actor in self._pair().values()])))
-
     # ---- the trainer's side ----
-    def batch(self, step: int, rank: int, world: int, node: str = "") -> list[dict]:
+    def batch(self, step: int, rank: int, world: int) -> list[dict]:
         """This rank's share of step `step`'s records; the first rank to ask gets the whole batch
-        (made ahead, with max_staleness >= 1), and the next ones are started. A worker on `node`
-        (its Ray node id) that has to wait lends its cores to the pair meanwhile."""
+        (made ahead, with max_staleness >= 1), and the next ones are started."""
         if not self.batch_cache or self.batch_cache[0] != step:
-            if not self.ahead.ready(step):
-                with self._cores_lent_by(node):
-                    self.ahead.wait(step)
             self.batch_cache = (step, self.ahead.get(step))
         self.last_step = max(self.last_step, step)
         return self.batch_cache[1][rank::world]
@@ -140,32 +125,6 @@ class Rollout:
         records = self.method.make(step, self.cfg.train.global_batch)
         self.generation_seconds[step] = time.perf_counter() - started
         return records
-
-    @contextmanager
-    def _cores_lent_by(self, node: str):
-        """While a training worker on `node` waits, the teacher and student there compute with its
-        cores too (studyhall/threads.py); back to their own before the next batch starts beside it.
-        The calls queue behind each actor's current round, so a round never changes threads midway."""
-        lend = {}
-        if self.cfg.train.lend_waiting_cores:
-            for role, actor in self._pair().items():
-                spec = getattr(self.cfg, role)
-                more = threads_while_trainer_waits(self.cfg, role, self.batch_groups)
-                if self.pair_nodes[role] == node and more > cpu_threads(spec):
-                    lend[role] = (actor, more, cpu_threads(spec))
-        confirmed = {role: actor.set_threads.remote(more) for role, (actor, more, _) in lend.items()}
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            for actor, _, own in lend.values():
-                actor.set_threads.remote(own)
-            if lend:
-                self.counts["cores_lent_seconds"] += time.perf_counter() - started
-                try:  # done by now: each call queued behind a round of the batch just made
-                    self.lent_threads.update(zip(confirmed, ray.get(list(confirmed.values()))))
-                except RayActorError:
-                    pass  # a restarted actor starts from its own threads again
 
     def trainer_started(self, step: int) -> bool:
         """A worker group starts at `step`. True when it replaces one that failed (this rollout
@@ -410,7 +369,6 @@ class Rollout:
         return {"counts": {k: round(v, 3) if isinstance(v, float) else v for k, v in self.counts.items()},
                 "intervention_by_position": by_position,
                 "val_kl_to_teacher": self.val_kl,
-                "lent_threads": dict(self.lent_threads),
                 "batch_pipeline_groups": {"groups": self.batch_groups, "rows_by_group": dict(sorted(self.batch_rows_by_group.items()))},
                 "staleness_steps": {"mean": round(sum(stale) / len(stale), 3), "max": max(stale),
                                     "per_step": {str(s): v for s, v in sorted(self.staleness.items())}},

@@ -164,7 +164,7 @@ def _train(config: dict) -> None:
     while step < t.steps:
         step += 1
         with timer("waiting"):
-            records = _from_rollout(rollout.batch.remote(step, rank, world, ray.get_runtime_context().get_node_id()))
+            records = _from_rollout(rollout.batch.remote(step, rank, world))
         step_loss, step_tokens = 0.0, 0
         for part in micro_batches(records, t.micro_batch):
             with timer("forward_backward"):

@@ -58,12 +58,6 @@ def markdown(result: dict) -> str:
         f"{r['weight_push']['packet_mb']}, {r['weight_push']['seconds_per_load']}" for r in runs) + " |")
     lines.append("| generation (tokens, s, SWITCH pipeline groups) | " + " | ".join(
         f"{r['generation']['tokens']}, {r['generation']['seconds']}, {r['generation']['pipeline_groups']}" for r in runs) + " |")
-    lines.append("| cores lent by the waiting trainer (s, threads per model) | " + " | ".join(
-        f"{r['generation'].get('cores_lent_seconds', 0)}, {_threads(r['generation'].get('lent_threads') or {})}" for r in runs) + " |")
     lines.append("| staleness (mean, max) | " + " | ".join(
         f"{r['staleness_steps']['mean']}, {r['staleness_steps']['max']}" for r in runs) + " |")
     return "\n".join(lines)
-
-
-def _threads(lent: dict) -> str:
-    return "/".join(f"{role} {n}" for role, n in lent.items()) or "none"

@@ -3,7 +3,7 @@ cores when the two take turns (max_staleness=0)."""
 import pytest
 
 from studyhall.config import load_config
-from studyhall.threads import threads_for, threads_while_trainer_waits, trainer_threads
+from studyhall.threads import threads_for, trainer_threads
 
 
 @pytest.mark.parametrize("cpus, threads", [(0, 1), (0.25, 1), (0.5, 1), (1, 1), (1.5, 2), (2, 2), (3.4, 3)])
@@ -18,15 +18,3 @@ def test_the_trainer_takes_the_generation_cores_only_when_generation_waits_for_i
     # two workers share the idle generation cores: 0.5 + 1.5 / 2
     assert trainer_threads(load_config("smol", ["max_staleness=0", "num_workers=2", "global_batch=8"])) == 1
     assert trainer_threads(load_config("smol", ["max_staleness=1", "torch_threads=3"])) == 3  # set: it wins
-
-
-def test_a_waiting_trainer_lends_its_cores_to_the_models_that_compute_meanwhile():
-    smol = load_config("smol", [])  # teacher 1 CPU, student 0.5, one worker of 0.5
-    # one pipeline group: the two take turns, so the one computing may use 1 + 0.5 + 0.5
-    assert [threads_while_trainer_waits(smol, role, groups=1) for role in ("teacher", "student")] == [2, 2]
-    # two groups compute at once: each adds half the worker's share (1.25 and 0.75)
-    assert [threads_while_trainer_waits(smol, role, groups=2) for role in ("teacher", "student")] == [1, 1]
-    big = load_config("smol", ["cpus_per_worker=4"])
-    assert threads_while_trainer_waits(big, "teacher", groups=2) == 3  # 1 + 4 / 2
-    on_gpu = load_config("smol", ["teacher.num_gpus=1"])
-    assert threads_while_trainer_waits(on_gpu, "teacher", groups=1) == 0  # threads are not its limit

@@ -61,20 +61,3 @@ def test_a_failed_batch_raises_for_the_trainer_and_starts_nothing_more():
         ahead.get(1)
     assert not ahead.futures
     ahead.close()
-
-
-def test_waiting_for_a_batch_neither_hands_it_over_nor_starts_the_next():
-    maker, gate = Maker(), threading.Event()
-    ahead = BatchesAhead(lambda step: gate.wait() and maker(step), ahead=1, last_step=3)
-    assert not ahead.ready(1)  # not even started
-    waiter = threading.Thread(target=ahead.wait, args=(1,))
-    waiter.start()
-    waiter.join(0.2)
-    assert waiter.is_alive() and not ahead.ready(1)  # the gate is shut, so step 1 cannot be made
-    gate.set()
-    waiter.join(10)
-    assert not waiter.is_alive() and ahead.ready(1)
-    assert sorted(ahead.futures) == [1]  # waiting started nothing later
-    assert ahead.get(1) == (1, 0) and maker.made == [1]  # handed over as made, not made again
-    assert 2 in ahead.futures  # handing it over started step 2
-    ahead.close()
