@@ -5,8 +5,10 @@ Either role can draft a block (sample g tokens one at a time) or score a block a
 scorer through the object store; the scorer holds both distributions, so it decides, and sends the
 controller only the small per-position record. Both sides then roll back to the committed length.
 """
+import os
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -34,6 +36,12 @@ def from_wire(array: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(array).to(device=device, dtype=torch.float32)
 
 
+def _thread_ids() -> list[int]:
+    """This process's threads (Linux: a nice value is per thread); elsewhere 0, the process."""
+    tasks = Path("/proc/self/task")
+    return [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]
+
+
 class LMWorker:
     role = "model"
 
@@ -43,6 +51,20 @@ class LMWorker:
         self.spec = spec
         self.device = pick_device(spec)
         self.configure(switch)
+
+    def set_nice(self, nice: int) -> int:
+        """Run every thread of this actor at CPU priority `nice` (Unix nice value), never higher than
+        now (raising it needs privileges). Training sets it below the trainer's, so this actor takes
+        the cores a waiting trainer leaves and not the one it is stepping on. Returns the lowest nice
+        value (the highest priority) any of its threads has now."""
+        values = []
+        for tid in _thread_ids():
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
+                values.append(os.getpriority(os.PRIO_PROCESS, tid))
+            except ProcessLookupError:
+                pass  # a thread that ended meanwhile
+        return min(values)
 
     def load(self) -> dict:
         """Load the model once; "fresh" says whether this call did (after a restart it must again)."""
@@ -115,14 +137,24 @@ class LMWorker:
         return torch.stack(tokens, 1), torch.stack(logps, 1)
 
     @torch.no_grad()
-    def score(self, group: int, draft: dict, taus: np.ndarray, commit: dict | None = None) -> dict:
-        """Score a drafted block in one forward, apply the SWITCH rule, commit, and report per position."""
+    def score(self, group: int, draft: dict | list, taus: np.ndarray, commit: dict | None = None) -> dict:
+        """Score a drafted block in one forward, apply the SWITCH rule, commit, and report per position.
+
+        `draft` is the drafter's result, or, for a one-token round, a list holding its ObjectRef (Ray
+        leaves refs inside a list unresolved): a one-token block feeds only the pending token, so this
+        forward runs while the drafter's does, and the draft is fetched after it. Same inputs, same
+        numbers: only the order of the two forwards in time changes.
+        """
         batch = self._batch(group, commit)
         self.round_start[group] = batch.length.clone()
-        drafted = torch.from_numpy(draft["tokens"]).to(self.device)
+        if isinstance(draft, list):
+            mine = self._logprobs(batch.forward(batch.pending[:, None]))
+            draft = ray.get(draft[0])
+            drafted = torch.from_numpy(draft["tokens"]).to(self.device)
+        else:
+            drafted = torch.from_numpy(draft["tokens"]).to(self.device)
+            mine = self._logprobs(batch.forward(torch.cat([batch.pending[:, None], drafted[:, :-1]], dim=1)))
         theirs = from_wire(draft["logp"], self.device)
-        fed = torch.cat([batch.pending[:, None], drafted[:, :-1]], dim=1)
-        mine = self._logprobs(batch.forward(fed))
         i_am_teacher = self.role == "teacher"
         logp_t, logp_s = (mine, theirs) if i_am_teacher else (theirs, mine)
         tau = torch.from_numpy(taus).to(self.device)

@@ -215,12 +215,16 @@ class SwitchController:
         scorer = "student" if drafter == "teacher" else "teacher"
         draft_ref = self.actors[drafter].draft.remote(group.id, g, commit=self._take_commit(group, drafter))
         taus = self._taus(group.live, g)
-        score_ref = self.actors[scorer].score.remote(group.id, draft_ref, taus, commit=self._take_commit(group, scorer))
+        # A lone group's one-token round: the scorer's forward needs only the pending token, so it runs
+        # beside the drafter's (see LMWorker.score). With two groups each actor has the other group's
+        # round to do meanwhile, and a scorer waiting inside a call could hold up the drafter's queue.
+        draft = [draft_ref] if g == 1 and self.cfg.groups() == 1 else draft_ref
+        score_ref = self.actors[scorer].score.remote(group.id, draft, taus, commit=self._take_commit(group, scorer))
         group.drafter, group.block, group.in_flight, group.uncommitted = drafter, g, score_ref, (drafter, score_ref)
 
     def _plan(self, live: list) -> tuple[str, int]:
         """Who drafts and how long a block: the model that owned most recent positions drafts."""
-        if self.cfg.mode == "per_token":
+        if self.cfg.one_token_rounds():
             return "student", 1
         recent = [t for seq in live for t in seq.from_teacher[-OWNERSHIP_WINDOW:]]
         drafter = "teacher" if recent and 2 * sum(recent) > len(recent) else "student"
@@ -229,7 +233,7 @@ class SwitchController:
 
     def _adapt(self, drafter: str, result: dict) -> None:
         """Next block length: one more than the mean run of drafted tokens that survived."""
-        if self.cfg.mode == "per_token" or not self.cfg.adaptive_gamma:
+        if self.cfg.one_token_rounds() or not self.cfg.adaptive_gamma:
             return
         survived = float(np.mean(result["accepted"]))
         self.gamma[drafter] = int(np.clip(round(survived) + 1, 1, self.cfg.gamma_max))

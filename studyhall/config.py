@@ -35,7 +35,9 @@ class SwitchConfig:
     tau0: float = 0.3
     lam: float = 0.01  # decay per answer position
     skd_top_k: int = 25  # only for divergence=skd: tau is fixed at K - 0.5 on the teacher rank
-    mode: str = "block"  # block | per_token (the reference: gamma = 1, student drafts)
+    # block | per_token (the reference: gamma = 1, student drafts) | auto: per_token for a lone pipeline
+    # group, whose one-token rounds run both models at once (actors/switch_controller.py), else block
+    mode: str = "auto"
     gamma: int = 4  # first block length
     gamma_max: int = 12
     adaptive_gamma: bool = True
@@ -54,6 +56,10 @@ class SwitchConfig:
     def groups(self) -> int:
         """The pipeline groups to run: pipeline_groups, or 2 for auto (0)."""
         return self.pipeline_groups or 2
+
+    def one_token_rounds(self) -> bool:
+        """Every round drafts one token (the student's), scored by the teacher."""
+        return self.mode == "per_token" or (self.mode == "auto" and self.groups() == 1)
 
     def tau_for_skd(self) -> float:
         return self.skd_top_k - 0.5
@@ -113,6 +119,9 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     torch_threads: int = 0  # CPU threads per worker; 0 = auto (studyhall/threads.py): its CPU share, plus the idle generation side's with max_staleness=0
+    # the teacher and student actors' nice value while training: below the trainer's 0, so they take the
+    # cores it leaves idle, not the one it steps on (README: Threads and sizing); 0 = the same priority
+    generation_nice: int = 10
     push_every: int = 1  # steps between pushes of the trained weights to the generation actor
     max_staleness: int = 1  # batches made ahead of the trainer: step s+1's is generated while step s trains, with step s-1's weights; 0 = strict alternation
     checkpoint_every: int = 10
@@ -246,7 +255,7 @@ def validate(cfg: Config) -> None:
     checks = [
         (s.divergence in DIVERGENCES, f"switch.divergence={s.divergence!r}: choose one of {', '.join(DIVERGENCES)}"),
         (s.schedule in SCHEDULES, f"switch.schedule={s.schedule!r}: choose one of {', '.join(SCHEDULES)}"),
-        (s.mode in ("block", "per_token"), f"switch.mode={s.mode!r}: choose block or per_token"),
+        (s.mode in ("auto", "block", "per_token"), f"switch.mode={s.mode!r}: choose auto, block or per_token"),
         (math.isfinite(s.tau0) and s.tau0 >= 0, f"switch.tau0={s.tau0}: must be >= 0"),
         (math.isfinite(s.lam) and s.lam >= 0, f"switch.lam={s.lam}: must be >= 0"),
         (s.gamma >= 1, f"switch.gamma={s.gamma}: must be >= 1"),
@@ -302,6 +311,7 @@ def _train_checks(t: TrainConfig) -> list:
         (t.answer_tokens >= 0, f"train.answer_tokens={t.answer_tokens}: must be >= 0 (0 = switch.max_new_tokens)"),
         (t.torch_threads >= 0, f"train.torch_threads={t.torch_threads}: must be >= 0"),
         (t.push_every >= 1 and t.checkpoint_every >= 1 and t.val_every >= 1, "train.push_every, checkpoint_every and val_every must be >= 1"),
+        (0 <= t.generation_nice <= 19, f"train.generation_nice={t.generation_nice}: must be a nice value from 0 to 19"),
         (t.max_staleness >= 0, f"train.max_staleness={t.max_staleness}: must be >= 0 (0 = generate each batch after the previous step's push)"),
         (0 <= t.gkd_lambda <= 1, f"train.gkd_lambda={t.gkd_lambda}: must be in [0, 1]"),
         (0 <= t.distillm_p_init <= t.distillm_p_max <= 1, "train.distillm_p_init <= distillm_p_max must lie in [0, 1]"),

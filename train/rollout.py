@@ -41,6 +41,10 @@ def engine_settings(switch: SwitchConfig, mode: str, seed: int) -> SwitchConfig:
         "student": {"divergence": "js", "schedule": "constant", "tau0": STUDENT_ONLY_TAU},
         "teacher": {"divergence": "js", "schedule": "constant", "tau0": 0.0},  # any JS > 0: the teacher's token
     }
+    if mode in ("student", "teacher"):
+        # One model writes every token, so blocks grow to gamma_max and the other model scores each
+        # in one forward: far cheaper than a round per token.
+        modes[mode]["mode"] = "block"
     return dataclasses.replace(switch, seed=seed, **modes[mode])
 
 
@@ -77,6 +81,9 @@ class Rollout:
         # it is back, the student with the last weights the trainer pushed.
         self.revival = Revival.for_pair(self.teacher, self.student, cfg)
         self.revival.on_restart.append(self._restore_weights)
+        self.revival.on_restart.append(self._set_nice)
+        for role, actor in (("teacher", self.teacher), ("student", self.student)):
+            self._set_nice(role, actor)
         # Weights: the trainer's pushes wait as `pushed` until the student is between batches; then
         # they are applied, and kept as `applied` for a restarted student actor to take again.
         self.models = threading.RLock()
@@ -183,6 +190,9 @@ class Rollout:
         self.counts["weight_loads"] += 1
         self.counts["weight_load_seconds"] += time.perf_counter() - started
         self.counts["weight_packet_mb"] = pushed.nbytes / 2 ** 20
+
+    def _set_nice(self, role: str, actor) -> None:
+        ray.get(actor.set_nice.remote(self.cfg.train.generation_nice))
 
     def _restore_weights(self, role: str, actor) -> None:
         if role == "student" and self.applied is not None:

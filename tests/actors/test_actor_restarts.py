@@ -19,7 +19,9 @@ pytestmark = pytest.mark.timeout(600)
 PROMPTS = 12
 COMMON = ["max_new_tokens=32", "tau0=0.3", "lam=0.05", "teacher_topk=5", "max_restarts=2"]
 EOS = eos_ids(load_tokenizer("tiny:teacher"), "tiny:teacher")
-MODES = {"greedy": ["sample=false"], "sampled": ["sample=true", "seed=7"]}
+# "lone": one pipeline group, so each one-token round has the teacher wait inside its call for the
+# student's draft (actors/switch_controller.py); killing the student then fails that call too.
+MODES = {"greedy": ["sample=false"], "sampled": ["sample=true", "seed=7"], "lone": ["sample=false", "pipeline_groups=1"]}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,7 @@ def unkilled(pair, tmp_path_factory):
     return {mode: _generate(pair, tmp_path_factory.mktemp(mode) / "plain.jsonl", extra)[1] for mode, extra in MODES.items()}
 
 
-@pytest.mark.parametrize("role, mode", [("teacher", "greedy"), ("student", "greedy"), ("teacher", "sampled")])
+@pytest.mark.parametrize("role, mode", [("teacher", "greedy"), ("student", "greedy"), ("teacher", "sampled"), ("student", "lone")])
 def test_a_killed_actor_is_restarted_and_nothing_is_lost_or_doubled(pair, unkilled, teacher_model, tmp_path, role, mode):
     summary, records, killer = _generate(pair, tmp_path / "killed.jsonl", MODES[mode], kill=role)
     assert killer.kills == 1
@@ -95,7 +97,7 @@ def test_a_killed_actor_is_restarted_and_nothing_is_lost_or_doubled(pair, unkill
     assert len(ids) == len(set(ids)) == PROMPTS and set(ids) == {r["prompt_id"] for r in unkilled[mode]}
     assert summary["sequences"] == PROMPTS and summary["tokens"] == sum(len(r["token_ids"]) for r in records)
     _check_valid(records, teacher_model)
-    if mode == "greedy":  # exact: the kill changes nothing
+    if mode in ("greedy", "lone"):  # exact: the kill changes nothing
         plain = {r["prompt_id"]: r for r in unkilled[mode]}
         for r in records:
             assert r["token_ids"] == plain[r["prompt_id"]]["token_ids"], r["prompt_id"]

@@ -1,6 +1,7 @@
 """The SWITCH engine on real Ray actors with the tiny preset: exactness, bookkeeping, reuse, failures."""
 import json
 
+import numpy as np
 import pytest
 import ray
 import torch
@@ -84,3 +85,44 @@ def test_records_reuse_exact_teacher_logprobs_and_bookkeeping(pair, tmp_path):
         teacher_total += sum(r["from_teacher"])
     assert summary["tokens"] == total
     assert summary["teacher_share"] == pytest.approx(teacher_total / total, abs=1e-4)
+
+
+def test_a_one_token_round_scored_beside_its_draft_equals_one_scored_after_it(pair):
+    # A lone group's one-token rounds hand the scorer the draft's ref inside a list: it runs its forward
+    # on the pending token first and fetches the draft after. Two groups with the same prompts, one
+    # scored each way, must agree exactly, round after round (greedy, so no random draws differ).
+    teacher, student = pair
+    ray.get([a.configure.remote(load_config("tiny", ["sample=false"]).switch) for a in pair])
+    prompts = [[1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12]]
+    taus = np.full((len(prompts), 1), 0.3, dtype=np.float32)
+    rounds = {}
+    for group, beside in ((7, True), (8, False)):
+        ray.get([a.extend.remote(group, prompts) for a in pair])
+        commit, rounds[beside] = None, []
+        for _ in range(6):
+            draft = student.draft.remote(group, 1, commit=commit)
+            commit = teacher.score.remote(group, [draft] if beside else draft, taus)
+            rounds[beside].append(ray.get(commit))
+    for concurrent, serial in zip(rounds[True], rounds[False]):
+        assert concurrent.keys() == serial.keys()
+        for key in serial:
+            np.testing.assert_array_equal(concurrent[key], serial[key], err_msg=key)
+    # both sources wrote tokens, so the commits fed back into the next round took both paths
+    taken = np.concatenate([r["from_teacher"] for r in rounds[False]])
+    assert taken.any() and not taken.all()
+    ray.get([a.configure.remote(load_config("tiny").switch) for a in pair])
+
+
+def test_auto_mode_runs_one_token_rounds_for_a_lone_group_only():
+    assert load_config("tiny", ["pipeline_groups=1"]).switch.one_token_rounds()
+    assert not load_config("tiny", ["pipeline_groups=2"]).switch.one_token_rounds()
+    assert not load_config("tiny", ["pipeline_groups=1", "mode=block"]).switch.one_token_rounds()
+    assert load_config("tiny", ["pipeline_groups=2", "mode=per_token"]).switch.one_token_rounds()
+
+
+def test_the_generation_actors_can_run_below_the_trainer_priority(pair):
+    teacher, student = pair
+    assert ray.get(student.set_nice.remote(0)) == 0  # every thread at the default priority
+    assert ray.get(student.set_nice.remote(10)) == 10  # every thread lowered
+    assert ray.get(student.set_nice.remote(3)) == 10  # never raised again
+    assert ray.get(teacher.set_nice.remote(0)) == 0  # per actor: the teacher's did not move
