@@ -5,10 +5,8 @@ Either role can draft a block (sample g tokens one at a time) or score a block a
 scorer through the object store; the scorer holds both distributions, so it decides, and sends the
 controller only the small per-position record. Both sides then roll back to the committed length.
 """
-import os
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import ray
@@ -36,12 +34,6 @@ def from_wire(array: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(array).to(device=device, dtype=torch.float32)
 
 
-def _thread_ids() -> list[int]:
-    """This process's threads (Linux: a nice value is per thread); elsewhere 0, the process."""
-    tasks = Path("/proc/self/task")
-    return [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]
-
-
 class LMWorker:
     role = "model"
 
@@ -51,20 +43,6 @@ class LMWorker:
         self.spec = spec
         self.device = pick_device(spec)
         self.configure(switch)
-
-    def set_nice(self, nice: int) -> int:
-        """Run every thread of this actor at CPU priority `nice` (Unix nice value), never higher than
-        now (raising it needs privileges). Training sets it below the trainer's, so this actor takes
-        the cores a waiting trainer leaves and not the one it is stepping on. Returns the lowest nice
-        value (the highest priority) any of its threads has now."""
-        values = []
-        for tid in _thread_ids():
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
-                values.append(os.getpriority(os.PRIO_PROCESS, tid))
-            except ProcessLookupError:
-                pass  # a thread that ended meanwhile
-        return min(values)
 
     def load(self) -> dict:
         """Load the model once; "fresh" says whether this call did (after a restart it must again)."""

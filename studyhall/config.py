@@ -119,9 +119,6 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     torch_threads: int = 0  # CPU threads per worker; 0 = auto (studyhall/threads.py): its CPU share, plus the idle generation side's with max_staleness=0
-    # the teacher and student actors' nice value while training: below the trainer's 0, so they take the
-    # cores it leaves idle, not the one it steps on (README: Threads and sizing); 0 = the same priority
-    generation_nice: int = 10
     push_every: int = 1  # steps between pushes of the trained weights to the generation actor
     max_staleness: int = 1  # batches made ahead of the trainer: step s+1's is generated while step s trains, with step s-1's weights; 0 = strict alternation
     checkpoint_every: int = 10
@@ -311,7 +308,6 @@ def _train_checks(t: TrainConfig) -> list:
         (t.answer_tokens >= 0, f"train.answer_tokens={t.answer_tokens}: must be >= 0 (0 = switch.max_new_tokens)"),
         (t.torch_threads >= 0, f"train.torch_threads={t.torch_threads}: must be >= 0"),
         (t.push_every >= 1 and t.checkpoint_every >= 1 and t.val_every >= 1, "train.push_every, checkpoint_every and val_every must be >= 1"),
-        (0 <= t.generation_nice <= 19, f"train.generation_nice={t.generation_nice}: must be a nice value from 0 to 19"),
         (t.max_staleness >= 0, f"train.max_staleness={t.max_staleness}: must be >= 0 (0 = generate each batch after the previous step's push)"),
         (0 <= t.gkd_lambda <= 1, f"train.gkd_lambda={t.gkd_lambda}: must be in [0, 1]"),
         (0 <= t.distillm_p_init <= t.distillm_p_max <= 1, "train.distillm_p_init <= distillm_p_max must lie in [0, 1]"),

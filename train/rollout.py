@@ -81,9 +81,6 @@ class Rollout:
         # it is back, the student with the last weights the trainer pushed.
         self.revival = Revival.for_pair(self.teacher, self.student, cfg)
         self.revival.on_restart.append(self._restore_weights)
-        self.revival.on_restart.append(self._set_nice)
-        for role, actor in (("teacher", self.teacher), ("student", self.student)):
-            self._set_nice(role, actor)
         # Weights: the trainer's pushes wait as `pushed` until the student is between batches; then
         # they are applied, and kept as `applied` for a restarted student actor to take again.
         self.models = threading.RLock()
@@ -190,9 +187,6 @@ class Rollout:
         self.counts["weight_loads"] += 1
         self.counts["weight_load_seconds"] += time.perf_counter() - started
         self.counts["weight_packet_mb"] = pushed.nbytes / 2 ** 20
-
-    def _set_nice(self, role: str, actor) -> None:
-        ray.get(actor.set_nice.remote(self.cfg.train.generation_nice))
 
     def _restore_weights(self, role: str, actor) -> None:
         if role == "student" and self.applied is not None:

@@ -118,11 +118,3 @@ def test_auto_mode_runs_one_token_rounds_for_a_lone_group_only():
     assert not load_config("tiny", ["pipeline_groups=2"]).switch.one_token_rounds()
     assert not load_config("tiny", ["pipeline_groups=1", "mode=block"]).switch.one_token_rounds()
     assert load_config("tiny", ["pipeline_groups=2", "mode=per_token"]).switch.one_token_rounds()
-
-
-def test_the_generation_actors_can_run_below_the_trainer_priority(pair):
-    teacher, student = pair
-    assert ray.get(student.set_nice.remote(0)) == 0  # every thread at the default priority
-    assert ray.get(student.set_nice.remote(10)) == 10  # every thread lowered
-    assert ray.get(student.set_nice.remote(3)) == 10  # never raised again
-    assert ray.get(teacher.set_nice.remote(0)) == 0  # per actor: the teacher's did not move
