@@ -1,8 +1,10 @@
 """SWITCH pipeline groups for training batches: two keep the teacher and student busy at once, one
 where that would take cores from a trainer stepping beside them (auto), and a set value always."""
+import dataclasses
+
 from studyhall.config import load_config
 from studyhall.threads import pair_contends_with_trainer
-from train.rollout import batch_pipeline_groups
+from train.rollout import batch_pipeline_groups, engine_settings
 
 
 def test_training_batches_run_one_pipeline_group_where_a_second_would_take_the_trainers_cores():
@@ -19,3 +21,12 @@ def test_training_batches_run_one_pipeline_group_where_a_second_would_take_the_t
     # a value the user set is what runs
     assert batch_pipeline_groups(load_config("smol", ["max_staleness=1", "pipeline_groups=2"])) == 2
     assert batch_pipeline_groups(load_config("smol", ["max_staleness=0", "pipeline_groups=1"])) == 1
+
+
+def test_a_lone_group_runs_one_token_rounds_only_where_both_models_write():
+    lone = dataclasses.replace(load_config("smol").switch, pipeline_groups=1)  # as a training batch's engine runs
+    assert engine_settings(lone, "switch", 0).one_token_rounds()
+    assert engine_settings(lone, "skd", 0).one_token_rounds()
+    # one model writes every token: every drafted one stands, so blocks score many at a time
+    assert not engine_settings(lone, "student", 0).one_token_rounds()
+    assert not engine_settings(lone, "teacher", 0).one_token_rounds()
