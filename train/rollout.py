@@ -38,13 +38,11 @@ def engine_settings(switch: SwitchConfig, mode: str, seed: int) -> SwitchConfig:
     modes = {
         "switch": {},
         "skd": {"divergence": "skd"},
-        "student": {"divergence": "js", "schedule": "constant", "tau0": STUDENT_ONLY_TAU},
-        "teacher": {"divergence": "js", "schedule": "constant", "tau0": 0.0},  # any JS > 0: the teacher's token
+        # One model writes every token of these two, so they run in blocks: every drafted token stands,
+        # blocks grow to gamma_max, and the other model scores each in one forward.
+        "student": {"divergence": "js", "schedule": "constant", "tau0": STUDENT_ONLY_TAU, "mode": "block"},
+        "teacher": {"divergence": "js", "schedule": "constant", "tau0": 0.0, "mode": "block"},  # any JS > 0: the teacher's token
     }
-    if mode in ("student", "teacher"):
-        # One model writes every token, so blocks grow to gamma_max and the other model scores each
-        # in one forward: far cheaper than a round per token.
-        modes[mode]["mode"] = "block"
     return dataclasses.replace(switch, seed=seed, **modes[mode])
 
 
