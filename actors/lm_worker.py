@@ -15,6 +15,7 @@ import torch
 from actors import weights
 from actors.kv_batch import CachedBatch
 from actors.models import load_model, pick_device
+from actors.revival import Restarted
 from actors.weights import Packet
 from studyhall.config import ModelConfig, SwitchConfig
 from studyhall.distill_math import divergence_logprobs, kl, sample, switch_block
@@ -51,6 +52,13 @@ class LMWorker:
             self.model = load_model(self.spec, self.device)
         return {**self.info(), "fresh": fresh}
 
+    def loaded(self) -> torch.nn.Module:
+        """The model, for every call that computes with it or its weights. A restarted actor has none
+        until `load`, nor the run's settings and weights: it must be revived (actors/revival.py)."""
+        if not hasattr(self, "model"):
+            raise Restarted(self.role)
+        return self.model
+
     def configure(self, switch: SwitchConfig) -> None:
         """New generation settings (and seed) for the next run; drops any batch in flight."""
         self.switch = switch
@@ -69,7 +77,7 @@ class LMWorker:
 
     def _batch(self, group: int, commit: dict | None) -> CachedBatch:
         if group not in self.batches:
-            self.batches[group] = CachedBatch(self.model, self.device)
+            self.batches[group] = CachedBatch(self.loaded(), self.device)
         batch = self.batches[group]
         if commit is not None:
             n = torch.from_numpy(commit["n_commit"]).to(self.device)
@@ -159,9 +167,10 @@ class LMWorker:
     def throughput(self, prompts: list[list[int]], g: int, rounds: int, kind: str) -> float:
         """Tokens/s of this model alone, inside the actor: drafting g tokens at a time ("draft"),
         or scoring g-token blocks in one forward ("score"). The benchmark's bound is built from these."""
-        batch = CachedBatch(self.model, self.device)
+        model = self.loaded()
+        batch = CachedBatch(model, self.device)
         batch.start(prompts)
-        blocks = torch.randint(0, self.model.config.vocab_size, (rounds, batch.rows, g), generator=self.generator)
+        blocks = torch.randint(0, model.config.vocab_size, (rounds, batch.rows, g), generator=self.generator)
         started = time.perf_counter()
         for r in range(rounds):
             begin = batch.length.clone()
@@ -186,7 +195,7 @@ class LMWorker:
             for row, (prompt, response) in enumerate(part):
                 ids[row, :len(prompt) + len(response)] = torch.tensor(prompt + response)
                 mask[row, :len(prompt) + len(response)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logits = self.loaded()(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             for row, (prompt, response) in enumerate(part):
                 yield start + row, logits[row, len(prompt) - 1:len(prompt) + len(response) - 1]
 
@@ -244,18 +253,18 @@ class LMWorker:
         """Take the trainer's weights (the rollout applies them between generation batches, never
         inside one). All or nothing: a packet that does not fit leaves the old weights. Returns
         the optimizer step they came from."""
-        weights.apply(self.model, packet)
+        weights.apply(self.loaded(), packet)
         self.weights_step = packet.step
         return packet.step
 
     def weights_digest(self) -> dict:
         """Which weights this actor generates with: their step and a digest of their bytes."""
-        return {"step": getattr(self, "weights_step", None), "sha256": weights.digest(self.model.state_dict())}
+        return {"step": getattr(self, "weights_step", None), "sha256": weights.digest(self.loaded().state_dict())}
 
     def info(self) -> dict:
-        p = next(self.model.parameters())
-        return {"role": self.role, "device": str(self.device), "dtype": str(p.dtype),
-                "vocab_size": int(self.model.config.vocab_size), "node": ray.get_runtime_context().get_node_id(),
+        model = self.loaded()
+        return {"role": self.role, "device": str(self.device), "dtype": str(next(model.parameters()).dtype),
+                "vocab_size": int(model.config.vocab_size), "node": ray.get_runtime_context().get_node_id(),
                 "assigned_resources": ray.get_runtime_context().get_assigned_resources()}
 
 

@@ -18,6 +18,15 @@ from studyhall.config import SwitchConfig
 FRESH_STREAM = 7919  # seed offset per restart
 
 
+class Restarted(RayActorError):
+    """A model actor was asked to work without its model: Ray restarted it between two calls, with none
+    in flight to fail. Being a RayActorError, it is revived like an actor lost mid-call."""
+
+    def __init__(self, role: str):
+        super().__init__(error_msg=f"the {role} actor restarted and has not loaded its model again yet")
+        self.args = (role,)  # what pickling passes back to __init__
+
+
 class ActorLost(RuntimeError):
     """A model actor died and did not come back: Ray would not restart it, or could not place it in time."""
 

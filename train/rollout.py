@@ -83,8 +83,8 @@ class Rollout:
         # they are applied, and kept as `applied` for a restarted student actor to take again.
         self.models = threading.RLock()
         self.weights_lock = threading.Lock()
-        self.pushed: Packet | None = None  # not yet applied
-        self.applied = None
+        self.pushed: tuple | None = None  # (ObjectRef, Packet) not yet applied
+        self.applied: Packet | None = None
         self.weights_step = 0  # the optimizer step of the student's weights
         self.eos = eos_ids(self.tokenizer, cfg.teacher.path) | eos_ids(self.tokenizer, cfg.student.path)
         self.train, self.val = train, val
@@ -164,12 +164,14 @@ class Rollout:
         """The student generation actor's dtype ("float32", "bfloat16"): the weights travel in it."""
         return ray.get(self.student.info.remote())["dtype"].removeprefix("torch.")
 
-    def push_weights(self, packet: Packet) -> int:
-        """The trainer's weights (an actors.weights.Packet; its arrays stay in the object store). Kept
-        until the student is between batches, so a push never waits for generation and a batch never
-        mixes weights."""
+    def push_weights(self, sent: list) -> int:
+        """The trainer's weights: `[ref]`, the ObjectRef of an actors.weights.Packet the trainer put
+        (in a list, so Ray hands over the reference and the arrays stay where they are). Kept until the
+        student is between batches, so a push never waits for generation and a batch never mixes weights."""
+        ref = sent[0]
+        packet = ray.get(ref)  # no copy: the arrays are read where the trainer put them
         with self.weights_lock:
-            self.pushed = packet
+            self.pushed = (ref, packet)
         return packet.step
 
     def _apply_pushed(self) -> None:
@@ -179,12 +181,23 @@ class Rollout:
         if pushed is None:
             return
         started = time.perf_counter()
-        ref = ray.put(pushed)  # owned here: it outlives the trainer that sent it, for a restarted student
-        self.revival.call(self.cfg.switch, lambda: ray.get(self.student.load_weights.remote(ref)))
-        self.applied, self.weights_step = ref, pushed.step
+        ref, packet = pushed
+        self.revival.call(self.cfg.switch, lambda: self._load_student(ref, packet))
+        # Held here, the arrays stay in the object store after the trainer that put them ends (its
+        # reference dies with it): a restarted student takes them again, e.g. for the after-evaluation.
+        self.applied, self.weights_step = packet, packet.step
         self.counts["weight_loads"] += 1
         self.counts["weight_load_seconds"] += time.perf_counter() - started
-        self.counts["weight_packet_mb"] = pushed.nbytes / 2 ** 20
+        self.counts["weight_packet_mb"] = packet.nbytes / 2 ** 20
+
+    def _load_student(self, ref, packet: Packet) -> None:
+        """The student loads the packet straight from the trainer's object, with no copy made here; or,
+        once that object is lost with its owner (a trainer worker that ended, on another node), from
+        the arrays held here (Ray puts a copy of them for the call)."""
+        try:
+            ray.get(self.student.load_weights.remote(ref))
+        except ray.exceptions.ObjectLostError:
+            ray.get(self.student.load_weights.remote(packet))
 
     def _restore_weights(self, role: str, actor) -> None:
         if role == "student" and self.applied is not None:
@@ -193,7 +206,7 @@ class Rollout:
     @with_models
     def generation_weights(self) -> dict:
         """The step and digest of the weights the student generates (and is evaluated) with."""
-        return ray.get(self.student.weights_digest.remote())
+        return self.revival.call(self.cfg.switch, lambda: ray.get(self.student.weights_digest.remote()))
 
     def observe_val_loss(self, step: int, loss: float) -> None:
         self.method.observe_val_loss(step, loss)

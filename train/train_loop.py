@@ -90,6 +90,12 @@ def weights_packet(engine, zero_stage: int, rank: int, step: int, wire_dtype: to
         return pack(engine.module.state_dict(), step, wire_dtype) if rank == 0 else None
 
 
+def push(rollout, packet) -> None:
+    """Put the packet in the object store once, here, and hand the rollout its reference: passed by
+    value, the arrays would reach the rollout, and the student actor only through a second copy."""
+    ray.get(rollout.push_weights.remote([ray.put(packet)]))
+
+
 class RolloutGone(RuntimeError):
     """The rollout actor died. Every rank leaves together and returns: a raise would have Ray Train
     retry the group against a rollout that is not coming back. The driver reports it."""
@@ -199,7 +205,7 @@ def _train(config: dict) -> None:
 
         def to_rollout():
             if weights is not None:
-                ray.get(rollout.push_weights.remote(weights))
+                push(rollout, weights)
             if val is not None:
                 ray.get(rollout.observe_val_loss.remote(step, val))
 
@@ -286,7 +292,7 @@ def _resume(engine, rollout, rank: int, zero_stage: int, resume_from: str | None
     dist.broadcast(replaced, 0)
     if step > 0 or replaced.item():
         weights = weights_packet(engine, zero_stage, rank, step, wire_dtype)
-        _on_rank0(rank, lambda: ray.get(rollout.push_weights.remote(weights)))
+        _on_rank0(rank, lambda: push(rollout, weights))
         del weights
     return step, bool(replaced.item())
 

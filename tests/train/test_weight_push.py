@@ -5,16 +5,21 @@ between batches.
 - A packet that does not fit (a tensor missing, a wrong shape) is refused before anything is written:
   the actor keeps its weights exactly.
 - A push made while a batch is being made ahead is applied to the next batch, not inside this one.
+- The student actor, killed after the trainer that pushed its weights has ended, takes them again.
 """
+import time
+
 import pytest
 import ray
 import torch
+from test_fault_tolerance import _our_processes
 
 from actors.models import load_model
 from actors.weights import WeightsMismatch, apply, digest, pack, unpack
 from studyhall.config import ModelConfig, load_config
 from train.data import Example
 from train.distill import close, start_rollout
+from train.train_loop import push
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -36,7 +41,7 @@ def _state(noise: float = 0.0):
 
 
 def _push(rollout, state, step):
-    return ray.get(rollout.push_weights.remote(pack(state, step)))
+    push(rollout, pack(state, step))
 
 
 def test_a_packet_round_trips_exactly_and_sends_tied_tensors_once():
@@ -108,6 +113,38 @@ def test_a_failed_push_leaves_the_generation_actor_as_it_was():
             ray.get(rollout.generation_weights.remote())  # applying it fails, and says why
         assert kept == {"step": 1, "sha256": digest(good)}
         assert ray.get(rollout.generation_weights.remote()) == kept  # the actor still has step 1's, whole
+    finally:
+        close(rollout, pair_name)
+
+
+@ray.remote(num_cpus=0)
+class _Trainer:
+    """Stands in for trainer rank 0: the owner of the packet it puts, and a process that can end."""
+    def push(self, rollout, state, step):
+        push(rollout, pack(state, step))
+
+
+@pytest.mark.timeout(240)
+def test_a_student_restarted_between_batches_takes_the_weights_of_a_trainer_that_has_ended():
+    cfg = load_config("tiny", ["max_new_tokens=12"])
+    val = _examples()[:3]
+    rollout, pair_name = start_rollout(cfg, [], val, None)
+    try:
+        trainer = _Trainer.remote()
+        ray.get(trainer.push.remote(rollout, _state(0.5), 1))
+        assert ray.get(rollout.generation_weights.remote())["step"] == 1  # applied
+        ray.kill(trainer)  # its reference to the packet ends with it
+        [student] = _our_processes("ray::StudentActor")
+        student.kill()
+        deadline = time.time() + 60
+        while not [p for p in _our_processes("ray::StudentActor") if p.pid != student.pid] and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(5)  # and the actor is up in it
+        # Ray has restarted it, with no call in flight to fail: the next batch finds it without its model
+        answers = ray.get(rollout.sample_student.remote(val, 1, 5))
+        assert len(answers) == len(val)
+        assert ray.get(rollout.summary.remote())["faults"]["generation"]["restarts"] == {"teacher": 0, "student": 1}
+        assert ray.get(rollout.generation_weights.remote()) == {"step": 1, "sha256": digest(_state(0.5))}
     finally:
         close(rollout, pair_name)
 
