@@ -8,7 +8,7 @@ no bf16, so those travel as their int16 bits).
 
 `apply` checks the whole packet against the model (every name, shape, nothing missing or extra)
 before it writes anything, so a packet that is partial or malformed leaves the model's weights as
-they were.
+they were. On the CPU a model takes a packet from the object store without a copy.
 """
 import dataclasses
 import hashlib
@@ -91,9 +91,20 @@ def check(model: torch.nn.Module, packet: Packet) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def apply(model: torch.nn.Module, packet: Packet) -> None:
-    """Write the packet into the model's own tensors, all or nothing: it is checked whole first."""
+    """Put the packet's weights into the model, all or nothing: it is checked whole first.
+
+    A packet read from the object store is read-only and lives as long as a tensor uses it, so a CPU
+    model of the same dtypes computes from its arrays directly (the load costs no copy: 310 MB took
+    ~0.1 s, on SWITCH's critical path). Otherwise, e.g. on a GPU or from a writable packet that
+    may change under the model, the model's own tensors are overwritten.
+    """
     new = check(model, packet)
-    for name, tensor in model.state_dict().items():
+    own = model.state_dict()
+    if all(not array.flags.writeable for array in packet.arrays.values()) and all(
+            t.device.type == "cpu" and new[name].dtype == t.dtype for name, t in own.items()):
+        model.load_state_dict(new, assign=True)
+        return
+    for name, tensor in own.items():
         tensor.copy_(new[name])
 
 

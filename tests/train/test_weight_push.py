@@ -57,6 +57,23 @@ def test_a_packet_round_trips_exactly_and_sends_tied_tensors_once():
     assert all(torch.equal(half[k], v.to(torch.bfloat16)) for k, v in state.items() if v.is_floating_point())
 
 
+def test_a_cpu_model_computes_from_a_packet_read_from_the_object_store_and_copies_a_writable_one():
+    model = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    state = _state(0.5)
+    stored = ray.get(ray.put(pack(state, 1)))  # read-only arrays in the object store
+    apply(model, stored)
+    assert digest(model.state_dict()) == digest(state)
+    name = "model.embed_tokens.weight"
+    assert model.state_dict()[name].data_ptr() == stored.arrays[name].ctypes.data  # no copy
+    assert (model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()) == model.config.tie_word_embeddings
+
+    other = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    apply(other, pack(state, 1))  # writable arrays over `state`'s tensors: copied, so later changes stay out
+    with torch.no_grad():
+        state[name].add_(1.0)
+    assert digest(other.state_dict()) == digest(model.state_dict()) != digest(state)
+
+
 @pytest.mark.parametrize("spoil", ["missing", "shape", "extra"])
 def test_a_packet_that_does_not_fit_writes_nothing(spoil):
     model = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
