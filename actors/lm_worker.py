@@ -52,7 +52,7 @@ class LMWorker:
             self.model = load_model(self.spec, self.device)
         return {**self.info(), "fresh": fresh}
 
-    def loaded(self) -> torch.nn.Module:
+    def _model(self) -> torch.nn.Module:
         """The model, for every call that computes with it or its weights. A restarted actor has none
         until `load`, nor the run's settings and weights: it must be revived (actors/revival.py)."""
         if not hasattr(self, "model"):
@@ -77,7 +77,7 @@ class LMWorker:
 
     def _batch(self, group: int, commit: dict | None) -> CachedBatch:
         if group not in self.batches:
-            self.batches[group] = CachedBatch(self.loaded(), self.device)
+            self.batches[group] = CachedBatch(self._model(), self.device)
         batch = self.batches[group]
         if commit is not None:
             n = torch.from_numpy(commit["n_commit"]).to(self.device)
@@ -167,7 +167,7 @@ class LMWorker:
     def throughput(self, prompts: list[list[int]], g: int, rounds: int, kind: str) -> float:
         """Tokens/s of this model alone, inside the actor: drafting g tokens at a time ("draft"),
         or scoring g-token blocks in one forward ("score"). The benchmark's bound is built from these."""
-        model = self.loaded()
+        model = self._model()
         batch = CachedBatch(model, self.device)
         batch.start(prompts)
         blocks = torch.randint(0, model.config.vocab_size, (rounds, batch.rows, g), generator=self.generator)
@@ -195,7 +195,7 @@ class LMWorker:
             for row, (prompt, response) in enumerate(part):
                 ids[row, :len(prompt) + len(response)] = torch.tensor(prompt + response)
                 mask[row, :len(prompt) + len(response)] = 1
-            logits = self.loaded()(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logits = self._model()(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             for row, (prompt, response) in enumerate(part):
                 yield start + row, logits[row, len(prompt) - 1:len(prompt) + len(response) - 1]
 
@@ -253,16 +253,16 @@ class LMWorker:
         """Take the trainer's weights (the rollout applies them between generation batches, never
         inside one). All or nothing: a packet that does not fit leaves the old weights. Returns
         the optimizer step they came from."""
-        weights.apply(self.loaded(), packet)
+        weights.apply(self._model(), packet)
         self.weights_step = packet.step
         return packet.step
 
     def weights_digest(self) -> dict:
         """Which weights this actor generates with: their step and a digest of their bytes."""
-        return {"step": getattr(self, "weights_step", None), "sha256": weights.digest(self.loaded().state_dict())}
+        return {"step": getattr(self, "weights_step", None), "sha256": weights.digest(self._model().state_dict())}
 
     def info(self) -> dict:
-        model = self.loaded()
+        model = self._model()
         return {"role": self.role, "device": str(self.device), "dtype": str(next(model.parameters()).dtype),
                 "vocab_size": int(model.config.vocab_size), "node": ray.get_runtime_context().get_node_id(),
                 "assigned_resources": ray.get_runtime_context().get_assigned_resources()}

@@ -79,6 +79,8 @@ class Rollout:
         # it is back, the student with the last weights the trainer pushed.
         self.revival = Revival.for_pair(self.teacher, self.student, cfg)
         self.revival.on_restart.append(self._restore_weights)
+        # asked once, right after start_pair loaded it: a restarted student has the same spec, so dtype
+        self.student_dtype = ray.get(self.student.info.remote())["dtype"].removeprefix("torch.")
         # Weights: the trainer's pushes wait as `pushed` until the student is between batches; then
         # they are applied, and kept as `applied` for a restarted student actor to take again.
         self.models = threading.RLock()
@@ -162,7 +164,7 @@ class Rollout:
 
     def weights_dtype(self) -> str:
         """The student generation actor's dtype ("float32", "bfloat16"): the weights travel in it."""
-        return ray.get(self.student.info.remote())["dtype"].removeprefix("torch.")
+        return self.student_dtype
 
     def push_weights(self, sent: list) -> int:
         """The trainer's weights: `[ref]`, the ObjectRef of an actors.weights.Packet the trainer put
