@@ -5,7 +5,9 @@ between batches.
 - A packet that does not fit (a tensor missing, a wrong shape) is refused before anything is written:
   the actor keeps its weights exactly.
 - A push made while a batch is being made ahead is applied to the next batch, not inside this one.
-- The student actor, killed after the trainer that pushed its weights has ended, takes them again.
+- On the CPU a packet from the object store is used in place, not copied; a writable one is copied.
+- The student actor, killed between batches after the trainer that pushed its weights has ended,
+  takes them again.
 """
 import time
 
