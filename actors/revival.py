@@ -24,7 +24,6 @@ class Restarted(RayActorError):
 
     def __init__(self, role: str):
         super().__init__(error_msg=f"the {role} actor restarted and has not loaded its model again yet")
-        self.args = (role,)  # what pickling passes back to __init__
 
 
 class ActorLost(RuntimeError):

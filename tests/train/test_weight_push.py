@@ -9,6 +9,7 @@ between batches.
 - The student actor, killed between batches after the trainer that pushed its weights has ended,
   takes them again.
 """
+import contextlib
 import time
 
 import pytest
@@ -44,6 +45,16 @@ def _state(noise: float = 0.0):
 
 def _push(rollout, state, step):
     push(rollout, pack(state, step))
+
+
+@contextlib.contextmanager
+def _rollout(cfg, train, val):
+    """A rollout actor with its teacher and student, closed (placement group freed) afterwards."""
+    rollout, pair_name = start_rollout(cfg, train, val, None)
+    try:
+        yield rollout
+    finally:
+        close(rollout, pair_name)
 
 
 def test_a_packet_round_trips_exactly_and_sends_tied_tensors_once():
@@ -97,8 +108,7 @@ def test_a_packet_that_does_not_fit_writes_nothing(spoil):
 def test_pushed_weights_change_what_the_generation_actor_samples():
     cfg = load_config("tiny", ["max_new_tokens=12"])
     val = _examples()[:3]
-    rollout, pair_name = start_rollout(cfg, [], val, None)
-    try:
+    with _rollout(cfg, [], val) as rollout:
         def texts():
             return [s["prediction"] for s in ray.get(rollout.sample_student.remote(val, 1, 5))]
 
@@ -113,15 +123,12 @@ def test_pushed_weights_change_what_the_generation_actor_samples():
 
         _push(rollout, state, 2)
         assert texts() == original
-    finally:
-        close(rollout, pair_name)
 
 
 @pytest.mark.timeout(240)
 def test_a_failed_push_leaves_the_generation_actor_as_it_was():
     cfg = load_config("tiny", ["max_new_tokens=12"])
-    rollout, pair_name = start_rollout(cfg, [], _examples(), None)
-    try:
+    with _rollout(cfg, [], _examples()) as rollout:
         good = _state(0.5)
         _push(rollout, good, 1)
         kept = ray.get(rollout.generation_weights.remote())
@@ -132,8 +139,6 @@ def test_a_failed_push_leaves_the_generation_actor_as_it_was():
             ray.get(rollout.generation_weights.remote())  # applying it fails, and says why
         assert kept == {"step": 1, "sha256": digest(good)}
         assert ray.get(rollout.generation_weights.remote()) == kept  # the actor still has step 1's, whole
-    finally:
-        close(rollout, pair_name)
 
 
 @ray.remote(num_cpus=0)
@@ -147,8 +152,7 @@ class _Trainer:
 def test_a_student_restarted_between_batches_takes_the_weights_of_a_trainer_that_has_ended():
     cfg = load_config("tiny", ["max_new_tokens=12"])
     val = _examples()[:3]
-    rollout, pair_name = start_rollout(cfg, [], val, None)
-    try:
+    with _rollout(cfg, [], val) as rollout:
         trainer = _Trainer.remote()
         ray.get(trainer.push.remote(rollout, _state(0.5), 1))
         assert ray.get(rollout.generation_weights.remote())["step"] == 1  # applied
@@ -164,8 +168,6 @@ def test_a_student_restarted_between_batches_takes_the_weights_of_a_trainer_that
         assert len(answers) == len(val)
         assert ray.get(rollout.summary.remote())["faults"]["generation"]["restarts"] == {"teacher": 0, "student": 1}
         assert ray.get(rollout.generation_weights.remote()) == {"step": 1, "sha256": digest(_state(0.5))}
-    finally:
-        close(rollout, pair_name)
 
 
 def _greedy_gkd(steps):
@@ -178,15 +180,12 @@ def test_a_push_during_a_batch_made_ahead_waits_for_the_next_batch():
     train = _examples()
     runs = {}
     for pushed in (False, True):
-        rollout, pair_name = start_rollout(_greedy_gkd(3), train, [], None)
-        try:
+        with _rollout(_greedy_gkd(3), train, []) as rollout:
             batches = [ray.get(rollout.batch.remote(1, 0, 1))]  # step 2's batch starts now, with the first weights
             if pushed:
                 _push(rollout, _state(0.5), 1)  # arrives while step 2's batch is being made
             batches += [ray.get(rollout.batch.remote(s, 0, 1)) for s in (2, 3)]
             runs[pushed] = ([[r["token_ids"] for r in b] for b in batches], ray.get(rollout.summary.remote())["staleness_steps"])
-        finally:
-            close(rollout, pair_name)
     (plain, plain_stale), (pushed, pushed_stale) = runs[False], runs[True]
     assert pushed[:2] == plain[:2]  # steps 1 and 2: made with the first weights throughout
     assert pushed[2] != plain[2]  # step 3: made with the pushed ones
