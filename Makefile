@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test lint bench lock clean
+.PHONY: setup demo test test-fast lint docs bench lock clean
 
 setup: .venv/.installed
 
@@ -33,6 +33,14 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q --durations=25  # the slowest tests, so CI time can be kept in hand
+
+# The tests not marked slow (no multi-process Ray Train / DeepSpeed runs): the tier to run while working.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow" --durations=10
+
+# docs/configuration.md from the config dataclasses and their comments (a test checks it is current).
+docs: setup
+	$(PY) -m studyhall.config_reference > docs/configuration.md
 
 bench: setup
 	.venv/bin/studyhall bench switch --preset tiny --out out/bench/switch_tiny.json

@@ -22,9 +22,9 @@ class ModelConfig:
     # "embedded:teacher", "embedded:student", "tiny:teacher", "tiny:student", a local folder or a hub id.
     path: str = "embedded:teacher"
     dtype: str = "auto"  # auto = bfloat16 on GPU, float32 on CPU
-    trust_remote_code: bool = False
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    trust_remote_code: bool = False  # run a hub model's own Python code (only for models that need it)
+    num_cpus: float = 1.0  # Ray CPUs for this actor; on the CPU also its torch threads (studyhall/threads.py)
+    num_gpus: float = 0.0  # Ray GPUs for this actor (a fraction shares one); it runs on CUDA when torch sees one
     resources: dict = field(default_factory=dict)  # custom Ray resources, e.g. {"teacher_gpu": 1}
 
 
@@ -32,24 +32,24 @@ class ModelConfig:
 class SwitchConfig:
     divergence: str = "js"  # js | kl_ts | kl_st | tv | skd
     schedule: str = "exponential"  # exponential | constant | linear
-    tau0: float = 0.3
+    tau0: float = 0.3  # the threshold at answer position 0: the teacher writes a token whose divergence exceeds tau_t
     lam: float = 0.01  # decay per answer position
     skd_top_k: int = 25  # only for divergence=skd: tau is fixed at K - 0.5 on the teacher rank
     # block | per_token (the reference: gamma = 1, student drafts) | auto: per_token for a lone pipeline
     # group, whose one-token rounds run both models at once (actors/switch_controller.py), else block
     mode: str = "auto"
     gamma: int = 4  # first block length
-    gamma_max: int = 12
-    adaptive_gamma: bool = True
+    gamma_max: int = 12  # the longest block gamma may grow to
+    adaptive_gamma: bool = True  # gamma follows the recent run lengths of the drafting model
     sample: bool = True  # False = greedy
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
+    temperature: float = 1.0  # sampling temperature of both models
+    top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with this much probability
+    max_new_tokens: int = 128  # answer length cap of generate (distill uses train.answer_tokens when set)
     batch_size: int = 16  # sequences in flight, split across the pipeline groups
     # groups take turns, so one model drafts for one while the other scores another; 0 = auto: 2, but 1 for
     # training batches when a trainer stepping beside them would compete for the cores (studyhall/threads.py)
     pipeline_groups: int = 0
-    seed: int = 0
+    seed: int = 0  # the run's seed: sampling streams, the order of the data, the held-out split, the evaluation's samples
     teacher_topk: int = 20  # teacher log-probs kept per position, beside the chosen token's own
     wire_dtype: str = "float32"  # distributions between actors: float32 (exact) or float16
 
@@ -68,7 +68,7 @@ class SwitchConfig:
 @dataclass
 class ServedModel(ModelConfig):
     """A model behind one Ray Serve deployment: the ModelConfig fields plus how Serve scales it."""
-    num_replicas: int = 1
+    num_replicas: int = 1  # Serve replicas of this deployment (when autoscaling_config is not set)
     autoscaling_config: dict = field(default_factory=dict)  # Serve's autoscaling_config; when set it replaces num_replicas
     max_batch_size: int = 32  # rows in a replica's running decode batch; more requests wait for a row to free
     prefill_budget: int = 512  # prompt tokens a replica prefills per step (the first newcomer always gets in)
@@ -81,15 +81,15 @@ class ServeConfig:
     guide: ServedModel = field(default_factory=lambda: ServedModel(path="embedded:teacher"))  # TeacherGuide
     complete: ServedModel = field(default_factory=lambda: ServedModel(path="embedded:student"))  # StudentComplete
     guidance_tokens: int = 8  # default k per request; 0 = student alone, >= max_tokens = teacher alone
-    default_max_tokens: int = 64
+    default_max_tokens: int = 64  # max_tokens of a request that does not set it
     max_tokens_limit: int = 512  # a request asking for more gets a 400
     model_name: str = "studyhall-gkt"  # the one name /v1/models lists and requests must use
-    ingress_replicas: int = 1
+    ingress_replicas: int = 1  # replicas of the FastAPI ingress deployment
     ingress_num_cpus: float = 0.0  # the ingress only parses, checks and forwards
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = "127.0.0.1"  # where Serve's HTTP proxy listens; 0.0.0.0 opens it to the network (set an API key then)
+    port: int = 8000  # the HTTP port Serve listens on
     api_key_env: str = "STUDYHALL_API_KEY"  # when this variable is set, requests need "Authorization: Bearer <it>"
-    sampling_seed: int = 0
+    sampling_seed: int = 0  # the random stream of a sampled request that gives no seed of its own
     retry_after_s: int = 10  # the Retry-After of a 503 (a replica lost mid-request): about a replica's start time
 
 
@@ -104,29 +104,29 @@ class TrainConfig:
     loss: str = "auto"  # auto = the method's own (ce for sft/seqkd, jsd for gkd, skew_fkl for distillm, fkl else) | fkl | rkl | jsd | skew_fkl | skew_rkl | tv | ce
     beta: float = 0.5  # generalized JSD: 0 = forward KL, 1 = reverse KL
     alpha: float = 0.1  # skew KL mixing weight
-    loss_temperature: float = 1.0
-    steps: int = 40
+    loss_temperature: float = 1.0  # both distributions are softened by this before the loss
+    steps: int = 40  # optimizer steps
     global_batch: int = 8  # sequences per optimizer step, over all workers
     micro_batch: int = 4  # sequences per worker per forward; accumulation makes up the rest
-    lr: float = 1e-4
+    lr: float = 1e-4  # AdamW's peak learning rate
     lr_schedule: str = "cosine"  # cosine | linear | constant (after warmup)
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    warmup_steps: int = 0  # steps of linear warmup to lr
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    grad_clip: float = 1.0  # clip the gradient's global norm to this; 0 = off
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
     precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU | fp32 | bf16
     num_workers: int = 1  # Ray Train workers (data-parallel ranks)
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0  # Ray CPUs per training worker
+    gpus_per_worker: float = 0.0  # Ray GPUs per training worker: with one, training runs on CUDA (nccl)
     torch_threads: int = 0  # CPU threads per worker; 0 = auto (studyhall/threads.py): its CPU share, plus the idle generation side's with max_staleness=0
     push_every: int = 1  # steps between pushes of the trained weights to the generation actor
     max_staleness: int = 1  # batches made ahead of the trainer: step s+1's is generated while step s trains, with step s-1's weights; 0 = strict alternation
-    checkpoint_every: int = 10
+    checkpoint_every: int = 10  # steps between DeepSpeed checkpoints (ray.train.report): what a worker failure can redo
     max_failures: int = 2  # Ray Train restarts of the worker group, each from the last checkpoint; 0 = none
     gkd_lambda: float = 0.5  # gkd: probability that an example is a fresh student sample
     distillm_p_init: float = 0.0  # distillm: starting probability of student samples
     distillm_p_step: float = 0.1  # ... raised by this when the validation loss rises
-    distillm_p_max: float = 0.8
+    distillm_p_max: float = 0.8  # ... up to this
     replay_size: int = 64  # distillm: student samples kept for replay
     val_every: int = 5  # distillm: steps between validation losses
     data: str = ""  # JSONL/JSON/Parquet (Dolly, Alpaca, messages, prompt); empty = embedded prompts, teacher references
@@ -137,7 +137,7 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    preset: str = "smol"
+    preset: str = "smol"  # the preset the run was built from (set by --preset, not by an override)
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=lambda: ModelConfig(path="embedded:student"))
     switch: SwitchConfig = field(default_factory=SwitchConfig)
@@ -148,7 +148,7 @@ class Config:
     # Fault tolerance of the SWITCH engine: Ray restarts a lost teacher or student actor up to this
     # many times each; the run waits for it (placement and model reload) at most restart_timeout_s.
     max_restarts: int = 3
-    restart_timeout_s: float = 300.0
+    restart_timeout_s: float = 300.0  # how long a restarted actor may take to be placed and load its model
     serve: ServeConfig = field(default_factory=ServeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
