@@ -8,7 +8,7 @@ from ray import serve
 from cluster.bench.gkt import free_port
 from cluster.cli import main
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 # Fractions of a CPU, so the app fits the session's 2-CPU Ray; short answers both models write (k=3 of 8).
 SMALL = ["serve.guide.num_cpus=0.25", "serve.complete.num_cpus=0.25", "serve.default_max_tokens=8", "serve.guidance_tokens=3",
          "serve.guide.path=tiny:teacher"]  # the cheaper tiny teacher: a smoke test of the bench, not a measurement

@@ -18,6 +18,7 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.slow  # a subprocess that starts its own Ray
 def test_generate_end_to_end_with_summary(tmp_path):
     prompts = _write(tmp_path / "p.jsonl", "\n".join(json.dumps(r) for r in [
         {"id": "a", "prompt": "Name three colors."},

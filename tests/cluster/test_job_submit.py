@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CACHE = os.environ.get("STUDYHALL_CACHE", str(Path.home() / ".cache" / "studyhall"))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SPLIT = ["teacher.num_cpus=1", "student.num_cpus=1", "teacher.num_gpus=1", "teacher.resources={teacher_gpu: 1}", "student.num_gpus=1", "student.resources={student_gpu: 1}"]
 

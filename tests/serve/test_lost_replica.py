@@ -12,7 +12,7 @@ from ray import serve
 
 from serve.app import APP_NAME
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 RETRY_AFTER = 3
 
 

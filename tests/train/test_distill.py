@@ -5,40 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from distill_helpers import ANSWERS, _cfg
 
 from cluster.cli import main
-from studyhall.config import load_config
 from studyhall.distill_math import kl
 from train.data import load_examples, prompt_token_ids, split_validation
 from train.distill import run_distill
 from train.phases import PHASES
 
-pytestmark = pytest.mark.usefixtures("ray_local")
-
-ANSWERS = [
-    ("Name a primary color.", "Red is a primary color."),
-    ("What do bees make?", "Bees make honey from the nectar of flowers."),
-    ("How many legs does a spider have?", "A spider has eight legs."),
-    ("What is the opposite of hot?", "The opposite of hot is cold."),
-    ("Where do fish live?", "Fish live in water, in rivers, lakes and the sea."),
-    ("What season comes after winter?", "Spring comes after winter."),
-    ("What do plants need to grow?", "Plants need light, water and air to grow."),
-    ("What is two plus two?", "Two plus two is four."),
-    ("What color is the sky on a clear day?", "The sky is blue on a clear day."),
-    ("What do cows drink?", "Cows drink water."),
-]
-
-
-@pytest.fixture(scope="module")
-def dolly_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "dolly.jsonl"
-    path.write_text("".join(json.dumps({"instruction": q, "context": "", "response": a}) + "\n" for q, a in ANSWERS))
-    return str(path)
-
-
-def _cfg(data, *overrides):
-    return load_config("tiny", [f"data={data}", "val_size=2", "max_new_tokens=16", *overrides])
-
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def zero2_run(dolly_file, tmp_path_factory):
@@ -169,48 +144,6 @@ def test_resume_continues_the_step_count(zero2_run, dolly_file):
     assert report["val_kl_to_teacher"]["start"]["step"] == 6
     # Resuming restored the trained weights: KL starts where the first run ended (same data, same weights).
     assert report["val_kl_to_teacher"]["start"]["kl"] == pytest.approx(first["val_kl_to_teacher"]["end"]["kl"], rel=1e-4)
-
-
-@pytest.mark.timeout(240)
-@pytest.mark.parametrize("method", ["sft", "kd", "seqkd", "gkd", "skd", "distillm", "switch"])
-def test_every_method_runs_two_steps(method, dolly_file, tmp_path):
-    cfg = _cfg(dolly_file, f"method={method}", "steps=2", "checkpoint_every=2", "gkd_lambda=0.5", "distillm_p_init=0.5")
-    report = run_distill(cfg, str(tmp_path), progress=False)
-    saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["method"] == method and saved["steps"] == 2
-    assert [p["step"] for p in saved["loss_curve"]] == [1, 2]
-    assert all(p["loss"] == p["loss"] and p["loss"] >= 0 for p in saved["loss_curve"])  # finite and a divergence/CE
-    for side in ("before", "after"):
-        assert 0 <= saved[side]["rouge_l"] <= 100 and saved[side]["teacher_nll"] > 0
-        assert 0 <= saved[side]["repetition"] <= 1 and 0 < saved[side]["distinct_2"] <= 1
-        assert saved[side]["kl"] > 0 and 0 <= saved[side]["top1_agreement"] <= 1 and saved[side]["kl_references"] == 2
-        assert set(saved[side]["per_prompt"]) == set(saved["before"]["per_prompt"]) and len(saved[side]["per_prompt"]) == 2
-    assert set(saved["difference"]["all"]) == {"rouge_l", "teacher_nll", "repetition", "distinct_2", "kl", "top1_agreement"}
-    for m in saved["difference"]["all"].values():
-        assert m["low"] <= m["high"] and m["diff"] == pytest.approx(m["after"] - m["before"], abs=1e-4)
-    assert "full-vocabulary KL" in (tmp_path / "report.md").read_text()
-    assert saved["tokens_per_s"] > 0 and (tmp_path / "student" / "config.json").is_file()
-    reuse = saved["teacher_pass_saving"]
-    if method in ("switch", "skd"):  # teacher log-probs come from generation: no extra teacher pass at all
-        assert reuse["extra_pass_positions"] == 0 and reuse["reused_positions"] > 0
-        assert reuse["recorded_vs_rescored_max_abs_diff"] < 1e-2
-        assert saved["intervention_by_position"]
-        # tiny with overlap: the pair and the trainer run 3 threads on 1.5 CPUs, so one SWITCH group
-        # makes every training row (2 steps of 4), the second group none
-        assert saved["generation"]["pipeline_groups"] == 1 and saved["generation"]["rows_by_group"] == {"0": 8}
-    if method in ("kd", "sft"):
-        assert reuse["reused_positions"] == 0
-    assert report["files"]["md"].endswith("report.md")
-
-
-@pytest.mark.timeout(240)
-def test_non_finite_loss_stops_with_a_clear_message(dolly_file, tmp_path, capsys):
-    code = main(["distill", "--preset", "tiny", "--out", str(tmp_path), "--no-progress", f"data={dolly_file}", "val_size=2",
-                 "max_new_tokens=8", "method=sft", "steps=4", "checkpoint_every=1", "lr=1e30", "grad_clip=0", "lr_schedule=constant"])
-    err = capsys.readouterr().err
-    assert code == 1
-    assert "loss became" in err and "last good checkpoint" in err
-    assert "Traceback" not in err
 
 
 @pytest.mark.timeout(240)

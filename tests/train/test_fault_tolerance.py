@@ -11,12 +11,12 @@ import time
 import psutil
 import pytest
 import ray
-from test_distill import _cfg, dolly_file  # noqa: F401  (the fixture)
+from distill_helpers import _cfg
 
 from train.distill import TrainingFailed, latest_checkpoint, run_distill
 from train.train_loop import PROGRESS_FILE
 
-pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(600), pytest.mark.slow]
 
 
 def _our_processes(title: str) -> list[psutil.Process]:

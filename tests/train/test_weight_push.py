@@ -24,7 +24,7 @@ from train.data import Example
 from train.distill import close, start_rollout
 from train.train_loop import push
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 QUESTIONS = ["Name a color.", "What do bees make?", "Count to three.", "Where do fish live?"]
 
