@@ -6,20 +6,21 @@ its documentation; `make docs` writes the file and a test checks that the commit
 """
 import ast
 import dataclasses
+import functools
 import inspect
 import io
 import sys
 import tokenize
 
-from studyhall.config import Config, load_config
+from studyhall.config import Config, _leaf_paths, load_config
 
 PRESETS = ("smol", "tiny")
-SECTIONS = [  # (title, dotted prefix of the section's keys, text below the title)
-    ("Top level", "", "Placement, restarts and the preset itself."),
-    ("teacher, student", "teacher", "The two models as Ray actors: where they load from and what each asks Ray for."),
-    ("switch", "switch", "SWITCH generation (`studyhall generate`, the `switch` method and evaluation's student samples)."),
-    ("train", "train", "Distillation (`studyhall distill`, `studyhall eval`)."),
-    ("serve", "serve", "GKT serving (`studyhall serve`, `serve run serve/gkt.yaml`)."),
+SECTIONS = [  # (title, the first part of its keys' dotted paths, "" for top-level keys; text below the title)
+    ("Top level", ("",), "Placement, restarts and the preset itself."),
+    ("teacher, student", ("teacher", "student"), "The two models as Ray actors: where they load from and what each asks Ray for."),
+    ("switch", ("switch",), "SWITCH generation (`studyhall generate`, the `switch` method and evaluation's student samples)."),
+    ("train", ("train",), "Distillation (`studyhall distill`, `studyhall eval`)."),
+    ("serve", ("serve",), "GKT serving (`studyhall serve`, `serve run serve/gkt.yaml`)."),
 ]
 
 
@@ -62,22 +63,11 @@ def field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def _section_class(prefix: str):
-    obj = Config()
-    for name in filter(None, prefix.split(".")):
-        obj = getattr(obj, name)
-    return obj
-
-
-def _leaves(obj, prefix: str = ""):
-    """(dotted key, value, the dataclass that declares it) for every leaf under obj, in field order."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            yield from _leaves(value, key + ".")
-        else:
-            yield key, value, type(obj), f.name
+def _leaves(cfg: Config):
+    """(dotted key, value, the dataclass holding it, field name) for every key the overrides reach, in field order."""
+    for key, path in _leaf_paths(cfg).items():
+        owner = functools.reduce(getattr, path[:-1], cfg)
+        yield key, getattr(owner, path[-1]), type(owner), path[-1]
 
 
 def _show(value) -> str:
@@ -98,20 +88,18 @@ def _preset_values() -> dict[str, dict[str, object]]:
     return out
 
 
-def all_keys() -> list[str]:
-    return [key for key, *_ in _leaves(Config())]
-
-
 def render() -> str:
     presets = _preset_values()
     docs_by_class: dict[type, dict[str, str]] = {}
     rows_by_section: dict[str, list[str]] = {title: [] for title, _, _ in SECTIONS}
     for key, default, owner, name in _leaves(Config()):
-        docs = docs_by_class.setdefault(owner, field_docs(owner))
+        if owner not in docs_by_class:
+            docs_by_class[owner] = field_docs(owner)
+        docs = docs_by_class[owner]
         if not docs.get(name):
             raise UndocumentedField(f"{key}: no comment beside {owner.__name__}.{name} in studyhall/config.py")
         head = key.split(".")[0] if "." in key else ""
-        title = next(t for t, prefix, _ in SECTIONS if prefix == head or (prefix == "teacher" and head == "student"))
+        title = next(t for t, heads, _ in SECTIONS if head in heads)
         differs = [f"{p}: {_show(presets[p][key])}" for p in PRESETS if presets[p][key] != default and key != "preset"]
         meaning = docs[name].replace("|", "\\|")
         rows_by_section[title].append(f"| `{key}` | {_show(default)} | {'; '.join(differs)} | {meaning} |")

@@ -15,6 +15,7 @@ from train.phases import PHASES
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
+
 @pytest.fixture(scope="module")
 def zero2_run(dolly_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("zero2")
