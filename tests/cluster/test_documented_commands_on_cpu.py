@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import pytest
 
-from cluster.cli import _parser
+from cluster.cli import _parser, _train_overrides
 from studyhall.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,10 +64,9 @@ def check_studyhall(argv: list[str]) -> None:
         args = _parser().parse_args(argv)
     except SystemExit as exit:
         raise AssertionError(f"studyhall {' '.join(argv)}: argparse refused it") from exit
-    overrides = list(getattr(args, "overrides", None) or [])
-    for flag in ("method", "steps", "data"):  # the flags distill turns into overrides
-        if getattr(args, flag, None) is not None and args.command == "distill":
-            overrides.append(f"train.{flag}={getattr(args, flag)}")
+    args.overrides = list(getattr(args, "overrides", None) or [])
+    trains = args.command == "distill" or (args.command == "eval" and args.eval_target in (None, "student"))
+    overrides = _train_overrides(args) if trains else args.overrides  # the flags distill and eval turn into overrides
     if hasattr(args, "preset"):
         load_config(args.preset, overrides)  # every override names a real key with a valid value
 
