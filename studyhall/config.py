@@ -114,7 +114,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     grad_clip: float = 1.0  # clip the gradient's global norm to this; 0 = off
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
-    precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU | fp32 | bf16
+    # auto = bf16 where the device runs it fast (a GPU with bf16; a CPU with AVX512-BF16, AMX or Arm BF16), else fp32 | fp32 | bf16;
+    # masters, optimizer and the loss math stay fp32 (train/precision.py); the report says which was chosen and why
+    precision: str = "auto"
+    answer_logits: bool = True  # the student's LM head runs on the answer positions only (train/answer_logits.py); false = every position
     num_workers: int = 1  # Ray Train workers (data-parallel ranks)
     cpus_per_worker: float = 1.0  # Ray CPUs per training worker
     gpus_per_worker: float = 0.0  # Ray GPUs per training worker: with one, training runs on CUDA (nccl)

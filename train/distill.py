@@ -163,6 +163,8 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
             "tokens_per_s": round(metrics[-1]["tokens_per_s"], 2) if metrics else 0.0,
             "train_tokens": metrics[-1]["tokens"] if metrics else 0,
             "seconds": round(time.perf_counter() - started, 1),
+            "precision": ({"dtype": metrics[-1]["precision"], "how": metrics[-1]["precision_how"], "why": metrics[-1]["precision_why"],
+                           "answer_logits_only": metrics[-1]["answer_logits_only"]} if metrics else None),
             "data": {"source": plan.source, "train_examples": len(plan.train), "val_examples": len(plan.val),
                      "references": "teacher-written, cached" if "teacher-written" in plan.source else "from the data file"},
             "before": before, "after": after,

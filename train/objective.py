@@ -25,8 +25,9 @@ class MicroBatch:
         return int(self.attention_mask.sum())
 
     @property
-    def response_tokens(self) -> int:
-        return int(self.loss_mask.sum())
+    def logit_positions(self) -> torch.Tensor:
+        """[B, L] True where the loss reads the student's logits: position i predicts token i + 1."""
+        return torch.nn.functional.pad(self.loss_mask, (0, 1), value=False)
 
 
 def collate(records: list[dict], pad_id: int, with_teacher: bool) -> MicroBatch:
@@ -51,12 +52,20 @@ def collate(records: list[dict], pad_id: int, with_teacher: bool) -> MicroBatch:
 
 def distill_loss(logits: torch.Tensor, batch: MicroBatch, loss: str, beta: float, alpha: float, temperature: float) -> torch.Tensor:
     """The loss over response positions; `logits` [B, L, V] from the student on batch.input_ids."""
-    logits = logits[:, :-1]
+    return answer_loss(logits[batch.logit_positions], batch, loss, beta, alpha, temperature)
+
+
+def answer_loss(logits: torch.Tensor, batch: MicroBatch, loss: str, beta: float, alpha: float, temperature: float) -> torch.Tensor:
+    """The same loss from the student's logits at the response positions alone: [N, V], row-major over
+    batch.loss_mask (train.answer_logits). Every loss is a mean over response tokens, so the flat layout
+    gives the same value. The log-softmax and divergence math run in float32 whatever the logits' dtype."""
+    mask = batch.loss_mask
+    ones = torch.ones(logits.shape[0], device=logits.device)
     if loss == "ce":
-        return cross_entropy_loss(logits, batch.targets, batch.loss_mask)
-    student = gather_buckets(tempered(logits, temperature), batch.teacher_ids)
-    teacher = tempered(with_rest_bucket(batch.teacher_logp), temperature)
-    return DISTILL_LOSSES[loss](student, teacher, batch.loss_mask, {"temperature": 1.0, "beta": beta, "alpha": alpha})
+        return cross_entropy_loss(logits, batch.targets[mask], ones)
+    student = gather_buckets(tempered(logits, temperature), batch.teacher_ids[mask])
+    teacher = tempered(with_rest_bucket(batch.teacher_logp[mask]), temperature)
+    return DISTILL_LOSSES[loss](student, teacher, ones, {"temperature": 1.0, "beta": beta, "alpha": alpha})
 
 
 def micro_batches(records: list[dict], size: int) -> list[list[dict]]:

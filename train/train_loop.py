@@ -24,8 +24,10 @@ import torch.distributed as dist
 from actors.models import load_model, load_tokenizer
 from actors.weights import pack
 from studyhall.threads import trainer_threads
-from train.objective import collate, distill_loss, micro_batches
+from train.answer_logits import AnswerLogitsLM
+from train.objective import answer_loss, collate, micro_batches
 from train.phases import PhaseTimer
+from train.precision import resolve as resolve_precision
 
 PROGRESS_FILE = "progress.json"
 DS_TAG = "deepspeed"
@@ -74,10 +76,15 @@ def gathered(engine, zero_stage: int):
     return deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
 
 
+def student_of(engine):
+    """The HF model inside the engine (the engine wraps train.answer_logits.AnswerLogitsLM around it)."""
+    return engine.module.lm
+
+
 def full_state_dict(engine, zero_stage: int) -> dict:
     """The whole model's weights on CPU, in float32."""
     with gathered(engine, zero_stage):
-        return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+        return {k: v.detach().float().cpu().clone() for k, v in student_of(engine).state_dict().items()}
 
 
 def weights_packet(engine, zero_stage: int, rank: int, step: int, wire_dtype: torch.dtype):
@@ -87,7 +94,7 @@ def weights_packet(engine, zero_stage: int, rank: int, step: int, wire_dtype: to
     if rank != 0 and zero_stage != 3:
         return None
     with gathered(engine, zero_stage):
-        return pack(engine.module.state_dict(), step, wire_dtype) if rank == 0 else None
+        return pack(student_of(engine).state_dict(), step, wire_dtype) if rank == 0 else None
 
 
 def push(rollout, packet) -> None:
@@ -146,13 +153,17 @@ def _train(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.switch.seed + rank)
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and use_gpu)
+    precision = resolve_precision(t.precision, use_gpu)
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
-    # fp32 weights: DeepSpeed keeps the masters and casts for bf16 itself.
+    # fp32 weights: DeepSpeed keeps the masters and casts for bf16 itself; CPU autocast casts per op.
     model = load_model(dataclasses.replace(cfg.student, dtype="float32"), device).train()
     model.config.use_cache = False
-    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-                                                   config=deepspeed_config(t, world, bf16), dist_init_required=False)
+    student = AnswerLogitsLM(model, enabled=t.answer_logits)
+    engine, _, _, scheduler = deepspeed.initialize(model=student, model_parameters=[p for p in student.parameters() if p.requires_grad],
+                                                   config=deepspeed_config(t, world, precision.deepspeed_bf16), dist_init_required=False)
+    config = {**config, "precision": precision}
+    how = {"precision": precision.dtype, "precision_how": precision.how, "precision_why": precision.why,
+           "answer_logits_only": student.split}
 
     wire_dtype = getattr(torch, _from_rollout(rollout.weights_dtype.remote()))
     step, replaced = _resume(engine, rollout, rank, t.zero_stage, config.get("resume_from"), wire_dtype)
@@ -174,10 +185,8 @@ def _train(config: dict) -> None:
         step_loss, step_tokens = 0.0, 0
         for part in micro_batches(records, t.micro_batch):
             with timer("forward_backward"):
-                batch = collate(part, pad_id, with_teacher)
-                batch_on = {k: v.to(engine.device) for k, v in (("input_ids", batch.input_ids), ("attention_mask", batch.attention_mask))}
-                logits = engine(**batch_on).logits
-                loss = distill_loss(logits, _to(batch, engine.device), config["loss"], t.beta, t.alpha, t.loss_temperature)
+                batch = _to(collate(part, pad_id, with_teacher), engine.device)
+                loss = answer_loss(_forward(engine, batch, precision), batch, config["loss"], t.beta, t.alpha, t.loss_temperature)
             if not _all_finite(loss):
                 # Stop every rank before the bad update. Returning, not raising: Ray Train would
                 # retry a raise from the last checkpoint (FailureConfig), for a loss that diverged.
@@ -222,7 +231,7 @@ def _train(config: dict) -> None:
                 ray.train.report(metrics)
         phases = timer.take()  # rank 0's: the rollout adds the generation inside its wait
         if rank == 0:
-            rollout.log_metrics.remote({**metrics, "phases": phases})
+            rollout.log_metrics.remote({**metrics, "phases": phases, **how})
 
     if measure_kl:
         kl_end = _val_loss(engine, config, rollout, pad_id, "fkl")
@@ -231,8 +240,14 @@ def _train(config: dict) -> None:
         _save_student(engine, config, rank, t.zero_stage)
 
 
+def _forward(engine, batch, precision, module=None):
+    """The student's logits at the batch's response positions, [N, V] (train.answer_logits)."""
+    with precision.forward_context(engine.device):
+        return (module or engine)(input_ids=batch.input_ids, attention_mask=batch.attention_mask, positions=batch.logit_positions)
+
+
 def _to(batch, device):
-    for name in ("targets", "loss_mask", "teacher_ids", "teacher_logp"):
+    for name in ("input_ids", "attention_mask", "targets", "loss_mask", "teacher_ids", "teacher_logp"):
         value = getattr(batch, name)
         if value is not None:
             setattr(batch, name, value.to(device))
@@ -259,9 +274,9 @@ def _val_loss(engine, config, rollout, pad_id, loss: str) -> float:
     t = config["cfg"].train
     total, n = 0.0, 0
     for part in micro_batches(records, t.micro_batch):
-        batch = collate(part, pad_id, True)
-        logits = engine.module(input_ids=batch.input_ids.to(engine.device), attention_mask=batch.attention_mask.to(engine.device)).logits
-        total += distill_loss(logits, _to(batch, engine.device), loss, t.beta, t.alpha, t.loss_temperature).item() * len(part)
+        batch = _to(collate(part, pad_id, True), engine.device)
+        logits = _forward(engine, batch, config["precision"], module=engine.module)
+        total += answer_loss(logits, batch, loss, t.beta, t.alpha, t.loss_temperature).item() * len(part)
         n += len(part)
     return total / max(n, 1)
 
@@ -304,7 +319,7 @@ def _save_student(engine, config: dict, rank: int, zero_stage: int) -> None:
         return
     out = Path(config["student_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    model = engine.module
+    model = student_of(engine)
     model.config.use_cache = True
     model.save_pretrained(out, state_dict=state, safe_serialization=True)
     cfg = config["cfg"]
