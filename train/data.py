@@ -2,6 +2,8 @@
 
 One format per file, told apart by its columns. Every row becomes an Example or an error that names
 the file, the line (JSONL) or row index (JSON array, Parquet) and the field; nothing is dropped.
+A Dolly or Alpaca file gives an answer on every row or on none (prompts only, e.g. for `--prompts`):
+a row without one in a file that has them is an error, not a prompt whose answer the teacher writes.
 With no path, the embedded prompt set is used and references are left to the teacher (cached here).
 """
 import hashlib
@@ -38,8 +40,8 @@ class Format:
 
 
 FORMATS = {
-    "dolly": Format("Dolly", ("instruction", "response"), ("context",)),
-    "alpaca": Format("Alpaca", ("instruction", "output"), ("input",)),
+    "dolly": Format("Dolly", ("instruction",), ("context", "response")),
+    "alpaca": Format("Alpaca", ("instruction",), ("input", "output")),
     "messages": Format("chat", ("messages",)),
     "prompt": Format("plain", ("prompt",), ("response",)),
 }
@@ -48,6 +50,7 @@ ACCEPTED = "accepted: " + "; ".join(f.describe() for f in FORMATS.values()) + " 
 OWNERS = {field: {key for key, f in FORMATS.items() if field in f.required + f.optional}
           for f in FORMATS.values() for field in f.required + f.optional}
 ROLES = ("system", "user", "assistant")
+ANSWER_FIELD = {"dolly": "response", "alpaca": "output"}  # all rows or none
 
 
 def load_examples(path: str | Path | None) -> list[Example]:
@@ -55,9 +58,10 @@ def load_examples(path: str | Path | None) -> list[Example]:
     source = EMBEDDED_PROMPTS if path is None else path
     rows = read_located_rows(source)
     key = _detect_format(rows, source)
+    answered = key in ANSWER_FIELD and any(row.get(ANSWER_FIELD[key]) is not None for _, row in rows)
     examples, first_seen = [], {}
     for index, (where, row) in enumerate(rows):
-        example = _to_example(key, row, where, index)
+        example = _to_example(key, row, where, index, answered)
         if example.id in first_seen:
             raise ConfigError(f"{where}: id {example.id!r} repeats the id at {first_seen[example.id]}; ids must be unique")
         first_seen[example.id] = where
@@ -77,8 +81,11 @@ def _detect_format(rows: list[tuple[str, dict]], path) -> str:
         seen = "; ".join(f"{FORMATS[key].name} at {where}" for key, where in first_at.items())
         raise ConfigError(f"{path}: mixes formats ({seen}); use one format per file")
     if not first_at:
-        columns = sorted({name for _, row in rows for name, value in row.items() if value is not None})
-        raise ConfigError(f"{path}: unknown format, columns {columns}; {ACCEPTED}")
+        key = _shared_format(rows)
+        if key is None:
+            columns = sorted({name for _, row in rows for name, value in row.items() if value is not None})
+            raise ConfigError(f"{path}: unknown format, columns {columns}; {ACCEPTED}")
+        return key
     key = next(iter(first_at))
     for where, row in rows:
         present, candidates = _fields_and_candidates(row)
@@ -86,6 +93,19 @@ def _detect_format(rows: list[tuple[str, dict]], path) -> str:
             raise ConfigError(f"{where}: fields {', '.join(present)} do not fit this file's format, {FORMATS[key].describe()} "
                               f"(first seen at {first_at[key]}); use one format per file")
     return key
+
+
+def _shared_format(rows: list[tuple[str, dict]]) -> str | None:
+    """The format of a file whose rows fit several, e.g. instruction-only rows (Dolly or Alpaca without
+    answers or extra input): every such format reads them as the same prompts, so the first is taken.
+    None when a row has none of the known fields."""
+    shared = set(FORMATS)
+    for _, row in rows:
+        present, candidates = _fields_and_candidates(row)
+        if not present:
+            return None
+        shared &= candidates
+    return next((key for key in FORMATS if key in shared), None)
 
 
 def _fields_and_candidates(row: dict) -> tuple[list[str], set[str]]:
@@ -96,11 +116,12 @@ def _fields_and_candidates(row: dict) -> tuple[list[str], set[str]]:
     return present, candidates
 
 
-def _to_example(key: str, row: dict, where: str, index: int) -> Example:
+def _to_example(key: str, row: dict, where: str, index: int, answered: bool = False) -> Example:
     fmt = FORMATS[key]
-    for name in fmt.required:
+    for name in fmt.required + ((ANSWER_FIELD[key],) if answered else ()):
         if row.get(name) is None:
-            raise ConfigError(f"{where}: missing field '{name}' ({fmt.describe()})")
+            why = " (other rows of this file have answers: give every row one, or none)" if name not in fmt.required else ""
+            raise ConfigError(f"{where}: missing field '{name}' ({fmt.describe()}){why}")
     example_id = _id(row.get("id"), where, index)
     if key == "messages":
         messages, response = _split_chat(row["messages"], where)
@@ -112,7 +133,7 @@ def _to_example(key: str, row: dict, where: str, index: int) -> Example:
     extra = _text(row, extra_field, where, optional=True, blank_ok=True)
     if extra and extra.strip():
         user = f"{user}\n\n{label}:\n{extra}"
-    return Example(example_id, [{"role": "user", "content": user}], _text(row, answer_field, where))
+    return Example(example_id, [{"role": "user", "content": user}], _text(row, answer_field, where, optional=True))
 
 
 def _text(row: dict, name: str, where: str, optional: bool = False, blank_ok: bool = False) -> str | None:

@@ -84,6 +84,7 @@ def test_missing_field_names_field_row_and_file(tmp_path, suffix, where):
     with pytest.raises(ConfigError) as err:
         load_examples(path)
     assert str(err.value).startswith(f"{path} {where}: missing field 'response'")
+    assert "other rows of this file have answers" in str(err.value)
     assert "\n" not in str(err.value)
 
 
@@ -118,7 +119,7 @@ def test_unknown_format_lists_accepted_columns(tmp_path):
         load_examples(path)
     text = str(err.value)
     assert "unknown format, columns ['answer', 'question']" in text
-    assert "Dolly {instruction, context?, response}" in text and "Alpaca {instruction, input?, output}" in text
+    assert "Dolly {instruction, context?, response?}" in text and "Alpaca {instruction, input?, output?}" in text
     assert "chat {messages}" in text and "plain {prompt, response?}" in text
 
 
@@ -195,3 +196,17 @@ def test_reference_cache_round_trip(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
     path.write_text('{"7": ', encoding="utf-8")
     assert load_references(path) is None  # a damaged cache is rebuilt, not trusted
+
+
+@pytest.mark.parametrize("rows", [
+    [{"instruction": "Name a primary color."}, {"instruction": "What do bees make?", "context": "About insects."}],
+    [{"instruction": "Name a primary color."}, {"instruction": "Translate to French.", "input": "Good morning"}],
+    [{"instruction": "Name a primary color."}, {"instruction": "What do bees make?"}],
+], ids=["dolly-without-responses", "alpaca-without-outputs", "instruction-only"])
+def test_prompt_only_dolly_and_alpaca_files_are_prompts_for_the_teacher_to_answer(tmp_path, rows):
+    examples = load_examples(write(tmp_path / "prompts.jsonl", rows))
+    assert [e.response for e in examples] == [None, None]
+    assert examples[0].messages == [{"role": "user", "content": "Name a primary color."}]
+    label = next(iter(set(rows[1]) - {"instruction"}), None)
+    expected = rows[1]["instruction"] + (f"\n\n{label.capitalize()}:\n{rows[1][label]}" if label else "")
+    assert examples[1].messages == [{"role": "user", "content": expected}]
