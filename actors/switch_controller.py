@@ -20,7 +20,7 @@ from ray.exceptions import RayActorError
 
 from actors.revival import Revival
 from studyhall.config import SwitchConfig
-from studyhall.distill_math import thresholds
+from studyhall.distill_math import ADAPTIVE, adaptive_tau, thresholds
 
 OWNERSHIP_WINDOW = 8  # recent positions per sequence that decide who drafts next
 
@@ -242,6 +242,9 @@ class SwitchController:
         """tau at each position of the block; SKD's gate is a fixed rank, K - 0.5, not a schedule."""
         if self.cfg.divergence == "skd":
             return np.full((len(live), g), self.cfg.tau_for_skd(), dtype=np.float32)
+        if self.cfg.schedule == ADAPTIVE:  # one-token rounds (SwitchConfig.one_token_rounds): g == 1
+            return np.array([[adaptive_tau(seq.divergence, any(seq.from_teacher), self.cfg.adaptive_k, self.cfg.adaptive_window)]
+                             for seq in live], dtype=np.float32)
         positions = torch.tensor([[len(seq.token_ids) + j for j in range(g)] for seq in live])
         return thresholds(self.cfg.schedule, self.cfg.tau0, self.cfg.lam, positions).numpy()
 

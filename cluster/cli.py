@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     bd = bench_sub.add_parser("distill", help="where a distillation step's time goes: seconds per step in each phase, "
                                                "one run per --vary value")
     bd.add_argument("--preset", default="smol")
-    bd.add_argument("--method", default="gkd", help="sft | kd | seqkd | gkd | skd | distillm | switch")
+    bd.add_argument("--method", default="gkd", help=" | ".join(METHODS))
     bd.add_argument("--vary", default=None, help="key=v1,v2: one run per value, e.g. train.max_staleness=0,1")
     bd.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
     bd.add_argument("overrides", nargs="*", help="key=value for every run, e.g. steps=8 global_batch=4 answer_tokens=32")
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dist = sub.add_parser("distill", help="distill the student (default: SWITCH on the embedded SmolLM2 pair) and write a report")
     dist.add_argument("--preset", default="smol", help="tiny | smol")
-    dist.add_argument("--method", default=None, help="sft | kd | seqkd | gkd | skd | distillm | switch (default from preset: switch)")
+    dist.add_argument("--method", default=None, help=" | ".join(METHODS) + " (default from preset: switch)")
     dist.add_argument("--steps", type=int, default=None, help="optimizer steps (default from preset)")
     dist.add_argument("--data", default=None, help="JSONL/JSON/Parquet: Dolly, Alpaca, chat messages or prompt rows (default: embedded prompts)")
     dist.add_argument("--out", default="out/distill", help="report, plots, checkpoints and the trained student go here")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from studyhall.distill_math import DIVERGENCES, SCHEDULES
+from studyhall.distill_math import ADAPTIVE, DIVERGENCES, SCHEDULES
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
@@ -31,10 +31,14 @@ class ModelConfig:
 @dataclass
 class SwitchConfig:
     divergence: str = "js"  # js | kl_ts | kl_st | tv | skd
-    schedule: str = "exponential"  # exponential | constant | linear
+    # exponential | constant | linear: tau_t from tau0 and lam (SWITCH) | adaptive: AdaSwitch (arXiv 2510.07842), the student
+    # writes until a divergence exceeds adaptive_k x its mean over the last adaptive_window positions, then the teacher writes the rest
+    schedule: str = "exponential"
     tau0: float = 0.3  # the threshold at answer position 0: the teacher writes a token whose divergence exceeds tau_t
     lam: float = 0.01  # decay per answer position
     skd_top_k: int = 25  # only for divergence=skd: tau is fixed at K - 0.5 on the teacher rank
+    adaptive_k: float = 2.0  # schedule=adaptive: the switch comes where the divergence exceeds this many times its moving average
+    adaptive_window: int = 8  # schedule=adaptive: positions in that moving average
     # block | per_token (the reference: gamma = 1, student drafts) | auto: per_token for a lone pipeline
     # group, whose one-token rounds run both models at once (actors/switch_controller.py), else block
     mode: str = "auto"
@@ -58,8 +62,9 @@ class SwitchConfig:
         return self.pipeline_groups or 2
 
     def one_token_rounds(self) -> bool:
-        """Every round drafts one token (the student's), scored by the teacher."""
-        return self.mode == "per_token" or (self.mode == "auto" and self.groups() == 1)
+        """Every round drafts one token (the student's), scored by the teacher. AdaSwitch's threshold
+        depends on the divergences just before each position, so it runs one token at a time."""
+        return self.mode == "per_token" or (self.mode == "auto" and self.groups() == 1) or self.schedule == ADAPTIVE
 
     def tau_for_skd(self) -> float:
         return self.skd_top_k - 0.5
@@ -93,14 +98,14 @@ class ServeConfig:
     retry_after_s: int = 10  # the Retry-After of a 503 (a replica lost mid-request): about a replica's start time
 
 
-METHODS = ("sft", "kd", "seqkd", "gkd", "skd", "distillm", "switch")
+METHODS = ("sft", "kd", "seqkd", "gkd", "skd", "distillm", "switch", "adaswitch")
 LOSSES = ("fkl", "rkl", "jsd", "skew_fkl", "skew_rkl", "tv", "ce")
 
 
 @dataclass
 class TrainConfig:
     """Distillation (train/): which method makes the data, which loss, and the DeepSpeed run."""
-    method: str = "switch"  # sft | kd | seqkd | gkd | skd | distillm | switch
+    method: str = "switch"  # sft | kd | seqkd | gkd | skd | distillm | switch | adaswitch
     loss: str = "auto"  # auto = the method's own (ce for sft/seqkd, jsd for gkd, skew_fkl for distillm, fkl else) | fkl | rkl | jsd | skew_fkl | skew_rkl | tv | ce
     beta: float = 0.5  # generalized JSD: 0 = forward KL, 1 = reverse KL
     alpha: float = 0.1  # skew KL mixing weight
@@ -136,6 +141,12 @@ class TrainConfig:
     val_size: int = 32  # held-out prompts
     answer_tokens: int = 0  # new tokens per training/eval answer; 0 = switch.max_new_tokens
     eval_samples: int = 2  # student samples per held-out prompt
+    # A first stage before train.method, as the SWITCH, GKD and DistiLLM papers start from a student fine-tuned on the
+    # task data: "" = none | sft | kd | any method. It trains warm_steps steps into OUT/warm_start (its own report and
+    # student), and train.method then starts from that student; a finished warm stage of the same config is reused.
+    warm_start: str = ""
+    warm_steps: int = 0  # optimizer steps of the warm_start stage
+    warm_lr: float = 0.0  # peak learning rate of the warm_start stage; 0 = train.lr
 
 
 @dataclass
@@ -254,7 +265,10 @@ def validate(cfg: Config) -> None:
     s = cfg.switch
     checks = [
         (s.divergence in DIVERGENCES, f"switch.divergence={s.divergence!r}: choose one of {', '.join(DIVERGENCES)}"),
-        (s.schedule in SCHEDULES, f"switch.schedule={s.schedule!r}: choose one of {', '.join(SCHEDULES)}"),
+        (s.schedule in (*SCHEDULES, ADAPTIVE), f"switch.schedule={s.schedule!r}: choose one of {', '.join((*SCHEDULES, ADAPTIVE))}"),
+        (s.schedule != ADAPTIVE or s.divergence != "skd", "switch.schedule=adaptive compares divergences: choose a divergence other than skd"),
+        (s.adaptive_k > 0 and math.isfinite(s.adaptive_k), f"switch.adaptive_k={s.adaptive_k}: must be > 0"),
+        (s.adaptive_window >= 1, f"switch.adaptive_window={s.adaptive_window}: must be >= 1"),
         (s.mode in ("auto", "block", "per_token"), f"switch.mode={s.mode!r}: choose auto, block or per_token"),
         (math.isfinite(s.tau0) and s.tau0 >= 0, f"switch.tau0={s.tau0}: must be >= 0"),
         (math.isfinite(s.lam) and s.lam >= 0, f"switch.lam={s.lam}: must be >= 0"),
@@ -315,6 +329,9 @@ def _train_checks(t: TrainConfig) -> list:
         (0 <= t.gkd_lambda <= 1, f"train.gkd_lambda={t.gkd_lambda}: must be in [0, 1]"),
         (0 <= t.distillm_p_init <= t.distillm_p_max <= 1, "train.distillm_p_init <= distillm_p_max must lie in [0, 1]"),
         (t.replay_size >= 1 and t.val_size >= 1 and t.eval_samples >= 1, "train.replay_size, val_size and eval_samples must be >= 1"),
+        (t.warm_start in ("", *METHODS), f"train.warm_start={t.warm_start!r}: choose empty (none) or one of {', '.join(METHODS)}"),
+        (not t.warm_start or t.warm_steps >= 1, f"train.warm_steps={t.warm_steps}: must be >= 1 with warm_start={t.warm_start}"),
+        (t.warm_lr >= 0 and math.isfinite(t.warm_lr), f"train.warm_lr={t.warm_lr}: must be >= 0 (0 = train.lr)"),
     ]
 
 

@@ -105,6 +105,32 @@ def thresholds(schedule: str, tau0: float, lam: float, positions: torch.Tensor) 
     return SCHEDULES[schedule](tau0, lam, positions.to(torch.float64)).to(torch.float32)
 
 
+# ---- AdaSwitch's gate (arXiv 2510.07842) --------------------------------------------------------
+# The student writes until a position's divergence exceeds K times its moving average over the last
+# L positions; from there the teacher writes the rest of the answer. A threshold below every
+# divergence (they are >= 0) hands each later position to the teacher: the switch never goes back.
+ADAPTIVE = "adaptive"
+TEACHER_FROM_HERE = -1.0
+STUDENT_HERE = math.inf  # position 0 has no average yet: the student writes it
+
+
+def adaptive_tau(divergences: list[float], switched: bool, k: float, window: int) -> float:
+    """tau for the next position of one answer, given the divergences of its positions so far."""
+    if switched:
+        return TEACHER_FROM_HERE
+    recent = divergences[-window:]
+    return k * sum(recent) / len(recent) if recent else STUDENT_HERE
+
+
+def adaptive_switch_point(divergences: list[float], k: float, window: int) -> int | None:
+    """The first position i with d_i > K x mean(d over the L positions before i), or None: where
+    AdaSwitch hands an answer with these divergences to the teacher."""
+    for i, d in enumerate(divergences):
+        if d > adaptive_tau(divergences[:i], False, k, window):
+            return i
+    return None
+
+
 # ---- the SWITCH decision over one drafted block ------------------------------------------------
 
 TOKEN_GATES = {"skd"}  # gates that look at the student's sampled token, not only the two distributions

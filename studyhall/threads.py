@@ -17,14 +17,20 @@ def threads_for(cpus: float) -> int:
     return max(1, math.floor(cpus + 0.5))
 
 
+# Methods whose training records need no model at all (ground-truth answers, tokenized): the teacher
+# and the student sit idle for the whole of training.
+PAIR_IDLE_METHODS = ("sft",)
+
+
 def trainer_threads(cfg) -> int:
-    """train.torch_threads when set; else the worker's share, plus (strict alternation only) its
-    part of the teacher's and student's cores, which sit idle while it steps."""
+    """train.torch_threads when set; else the worker's share, plus (strict alternation, or a method
+    that needs neither model to make its records) its part of the teacher's and student's cores,
+    which sit idle while it steps."""
     t = cfg.train
     if t.torch_threads:
         return t.torch_threads
     share = t.cpus_per_worker
-    if t.max_staleness == 0:
+    if t.max_staleness == 0 or t.method in PAIR_IDLE_METHODS:
         share += (cfg.teacher.num_cpus + cfg.student.num_cpus) / t.num_workers
     return threads_for(share)
 

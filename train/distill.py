@@ -101,13 +101,81 @@ def latest_checkpoint(storage: Path):
 
 def evaluate(rollout, val, samples: int, seed: int) -> dict:
     """The student generation actor's weights of this moment, on the held-out prompts: its samples
-    (ROUGE-L, teacher NLL, repetition) and the full-vocabulary KL to the teacher on the references."""
+    (ROUGE-L, teacher NLL, repetition, looping) and the full-vocabulary KL to the teacher on the
+    references; under "greedy", the same for its greedy answers, which are kept under "answers"."""
     sampled = rollout.sample_student.remote(val, samples, seed)
+    greedy = rollout.greedy_answers.remote(val, "student")
     heldout = rollout.heldout_kl.remote(val)
-    return summarize(ray.get(sampled), ray.get(heldout))
+    return {**summarize(ray.get(sampled), ray.get(heldout)), **greedy_summary(ray.get(greedy))}
+
+
+def greedy_summary(answers: list[dict]) -> dict:
+    """{"greedy": the scoring summary of one greedy answer per prompt, "answers": {prompt id: text}}."""
+    return {"greedy": summarize(answers), "answers": {a["prompt_id"]: a["prediction"] for a in answers}}
+
+
+def teacher_yardstick(rollout, val) -> dict:
+    """The teacher's own greedy answers, scored as the student's are: what a good answer looks like."""
+    return greedy_summary(ray.get(rollout.greedy_answers.remote(val, "teacher")))
+
+
+WARM_DIR = "warm_start"
 
 
 def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool = True) -> dict:
+    """One run of train.method; with train.warm_start, first the warm stage into OUT/warm_start, whose
+    student the method then starts from. Each stage writes its own report; the method's names the warm stage."""
+    if not cfg.train.warm_start:
+        return run_stage(cfg, out_dir, resume, progress)
+    out = Path(out_dir).resolve()
+    if resume and not any(latest_checkpoint(d / "ray_train") or (d / "report.json").is_file() for d in (out, out / WARM_DIR)):
+        raise ConfigError(f"--resume: no checkpoint or finished stage under {out}; run without --resume first")
+    warm_cfg, method_cfg = stages(cfg, out / WARM_DIR)
+    say = print if progress else (lambda *a, **k: None)
+    warm = reusable_stage(out / WARM_DIR, warm_cfg)
+    if warm is None:
+        say(f"warm start: {warm_cfg.train.method} for {warm_cfg.train.steps} steps into {out / WARM_DIR} ...")
+        warm = run_stage(warm_cfg, str(out / WARM_DIR), resume and latest_checkpoint(out / WARM_DIR / "ray_train") is not None, progress)
+    else:
+        say(f"warm start: reusing {out / WARM_DIR} (a finished stage of the same config; delete it to train it again)")
+    say(f"{cfg.train.method} from the warm-started student ...")
+    return run_stage(method_cfg, str(out), resume and latest_checkpoint(out / "ray_train") is not None, progress, warm_start=warm)
+
+
+def stages(cfg: Config, warm_dir: Path) -> tuple[Config, Config]:
+    """(the warm stage's config, the method's): the warm stage trains the configured student with
+    train.warm_start; the method trains the student the warm stage saved."""
+    t = cfg.train
+    warm = dataclasses.replace(t, method=t.warm_start, loss="auto", steps=t.warm_steps, lr=t.warm_lr or t.lr,
+                               warmup_steps=min(t.warmup_steps, t.warm_steps - 1), warm_start="", warm_steps=0, warm_lr=0.0)
+    method = dataclasses.replace(t, warm_start="", warm_steps=0, warm_lr=0.0)
+    student = dataclasses.replace(cfg.student, path=str(warm_dir / "student"))
+    return dataclasses.replace(cfg, train=warm), dataclasses.replace(cfg, student=student, train=method)
+
+
+def reusable_stage(stage_dir: Path, cfg: Config) -> dict | None:
+    """The report of a finished stage in stage_dir that ran this very config (and saved its student), or None."""
+    try:
+        report = json.loads((stage_dir / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    same = report.get("config") == json.loads(json.dumps(dataclasses.asdict(with_answer_budget(cfg)), default=str))
+    return report if same and (stage_dir / "student" / "config.json").is_file() else None
+
+
+def warm_start_summary(warm: dict, after: dict, seed: int) -> dict:
+    """What the method's report says of the warm stage: where it is, what it did, and the change from
+    the student before it (as the run was given it) to the student after the method."""
+    return {"dir": str(Path(warm["student_dir"]).parent), "method": warm["method"], "steps": warm["steps"],
+            "lr": warm["config"]["train"]["lr"], "student": warm["config"]["student"]["path"],
+            "weights": warm["evaluated_weights"], "before": warm["before"], "after": warm["after"],
+            "difference": warm["difference"],
+            "from_start": compare(warm["before"], after, seed=seed),
+            "from_start_greedy": compare(warm["before"]["greedy"], after["greedy"], seed=seed)}
+
+
+def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = True, warm_start: dict | None = None) -> dict:
+    """Evaluate, train train.method, evaluate again, save the student and write the report."""
     cfg = with_answer_budget(cfg)
     plan = prepare(cfg)
     out = Path(out_dir).resolve()
@@ -125,9 +193,16 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
     say(f"starting teacher {cfg.teacher.path} and student {cfg.student.path} ...")
     rollout, pair_name = start_rollout(cfg, plan.train, plan.val, plan.references_path)
     try:
-        say(f"evaluating the student before training ({len(plan.val)} held-out prompts x {t.eval_samples} samples) ...")
-        before = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
-        say(f"  before: {headline(before)}")
+        start_weights = ray.get(rollout.generation_weights.remote())
+        if warm_start and warm_start["evaluated_weights"]["sha256"] == start_weights["sha256"]:
+            # the warm stage evaluated these very weights on these prompts with these seeds as its "after"
+            before, teacher = warm_start["after"], warm_start["teacher_greedy"]
+            say(f"the student before training is the warm stage's after: {headline(before)}")
+        else:
+            say(f"evaluating the student before training ({len(plan.val)} held-out prompts x {t.eval_samples} samples) ...")
+            before = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
+            teacher = teacher_yardstick(rollout, plan.val)
+            say(f"  before: {headline(before)}")
 
         use_gpu = t.gpus_per_worker > 0
         resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
@@ -169,10 +244,15 @@ def run_distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool 
                      "references": "teacher-written, cached" if "teacher-written" in plan.source else "from the data file"},
             "before": before, "after": after,
             "difference": compare(before, after, seed=cfg.switch.seed),
+            "teacher_greedy": teacher,
+            "difference_greedy": compare(before["greedy"], after["greedy"], seed=cfg.switch.seed),
+            "prompts": {e.id: e.messages[-1]["content"] for e in plan.val},
             "metrics": labels(after),
             "loss_curve": [{"step": m["step"], "loss": round(m["loss"], 5), "lr": m["lr"]} for m in metrics],
             "intervention_by_position": summary["intervention_by_position"],
             "staleness_steps": summary["staleness_steps"],
+            "start_weights": {"label": "the weights the student generation actor started with (actors.weights.digest)", **start_weights},
+            "warm_start": warm_start_summary(warm_start, after, cfg.switch.seed) if warm_start else None,
             "evaluated_weights": {"label": "the weights the student generation actor had for the evaluation after "
                                            "training: the optimizer step they came from, and a digest (actors.weights.digest)",
                                   **evaluated},

@@ -1,6 +1,7 @@
 """`studyhall eval`: a student on held-out prompts: ROUGE-L against the references, the teacher's NLL of
-its samples, their repetition, and the full-vocabulary KL to the teacher on the references, overall,
-by reference length and per prompt.
+its samples, their repetition and looping share, and the full-vocabulary KL to the teacher on the
+references, overall, by reference length and per prompt; the same for its greedy answers, beside the
+teacher's own greedy answers.
 
 The prompts are the held-out split distill uses (same data, seed and size), or every prompt of a
 file given with `prompts` (any format `--data` takes). Where the prompts come without answers, the
@@ -12,7 +13,7 @@ import ray
 
 from studyhall.config import Config, ConfigError
 from train.data import load_examples
-from train.distill import check_models, close, evaluate, plan_for, prepare, start_rollout, with_answer_budget
+from train.distill import check_models, close, evaluate, plan_for, prepare, start_rollout, teacher_yardstick, with_answer_budget
 from train.scoring import labels
 
 
@@ -31,6 +32,7 @@ def run_evaluate(cfg: Config, prompts: str | None = None) -> dict:
     rollout, pair_name = start_rollout(cfg, [], plan.val, plan.references_path)
     try:
         result = evaluate(rollout, plan.val, cfg.train.eval_samples, cfg.switch.seed)
+        result["teacher_greedy"] = teacher_yardstick(rollout, plan.val)
     finally:
         close(rollout, pair_name)
     return {"student": cfg.student.path, "teacher": cfg.teacher.path, "data": plan.source, "prompts": len(plan.val),

@@ -10,12 +10,15 @@
 | distillm | student samples with a probability raised whenever validation loss rises,    | skew_fkl     |
 |          | half of them replayed from a buffer; the rest ground truth                   |              |
 | switch   | the SWITCH engine: the teacher takes tokens where the two diverge past tau_t | fkl          |
+| adaswitch| the same engine with AdaSwitch's gate: the student writes until a divergence | fkl          |
+|          | exceeds K x its recent mean, then the teacher writes the rest                |              |
 """
 import random
 from collections import deque
 
-DEFAULT_LOSS = {"sft": "ce", "kd": "fkl", "seqkd": "ce", "gkd": "jsd", "skd": "fkl", "distillm": "skew_fkl", "switch": "fkl"}
-NEEDS_SHARED_VOCAB = {"kd", "gkd", "skd", "distillm", "switch"}  # token-level: the losses compare distributions
+DEFAULT_LOSS = {"sft": "ce", "kd": "fkl", "seqkd": "ce", "gkd": "jsd", "skd": "fkl", "distillm": "skew_fkl", "switch": "fkl",
+                "adaswitch": "fkl"}
+NEEDS_SHARED_VOCAB = {"kd", "gkd", "skd", "distillm", "switch", "adaswitch"}  # token-level: the losses compare distributions
 
 
 def loss_for(method: str, loss: str) -> str:
@@ -87,6 +90,10 @@ class SKD(Switch):
     mode = "skd"
 
 
+class AdaSwitch(Switch):
+    mode = "adaswitch"
+
+
 class GKD(Method):
     """On-policy with probability lambda per example (GKD's student-data fraction), else the data."""
     def make(self, step, n):
@@ -134,7 +141,8 @@ def _mix(rollout, examples, on_policy, seed):
     return records + (rollout.data_records(data, with_teacher=True) if data else [])
 
 
-METHOD_CLASSES = {"sft": SFT, "kd": KD, "seqkd": SeqKD, "gkd": GKD, "skd": SKD, "distillm": DistiLLM, "switch": Switch}
+METHOD_CLASSES = {"sft": SFT, "kd": KD, "seqkd": SeqKD, "gkd": GKD, "skd": SKD, "distillm": DistiLLM, "switch": Switch,
+                 "adaswitch": AdaSwitch}
 
 
 def make_method(cfg, rollout) -> Method:

@@ -19,11 +19,12 @@ NOTE = ("ROUGE-L (0-100) of student samples against the references: higher is be
         "Teacher NLL (nats per token) of the student's samples under the teacher: lower is better. "
         "Repetition: the share of a sample's word 3-grams that already occurred earlier in it: lower is better. "
         "KL: full-vocabulary KL(teacher||student) in nats per token on the held-out references: lower is better.")
-DIGITS = {"rouge_l": 2, "teacher_nll": 3, "repetition": 3, "distinct_2": 3, "kl": 3, "top1_agreement": 3}
-SHORT = {"rouge_l": "ROUGE-L", "teacher_nll": "Teacher NLL", "repetition": "Repetition", "distinct_2": "Distinct-2",
+DIGITS = {"rouge_l": 2, "teacher_nll": 3, "repetition": 3, "distinct_2": 3, "looping": 3, "kl": 3, "top1_agreement": 3}
+SHORT = {"rouge_l": "ROUGE-L", "teacher_nll": "Teacher NLL", "repetition": "Repetition", "distinct_2": "Distinct-2", "looping": "Looping",
          "kl": "KL (full vocab)", "top1_agreement": "Top-1"}
 QUALITY_COLUMNS = ("rouge_l", "teacher_nll", "repetition", "kl", "top1_agreement")  # the bench table, overall
 LONGEST_COLUMNS = ("rouge_l", "teacher_nll", "repetition")  # ... and in the longest-answer bucket
+GREEDY_COLUMNS = ("rouge_l", "repetition", "looping")  # ... and of the greedy answers, overall
 
 
 def write_report(out_dir: str | Path, report: dict) -> dict:
@@ -47,17 +48,21 @@ def write_quality_table(path_md: str | Path, rows: list[dict]) -> str:
     A row: {"method", "longest_bucket", "all": {metric: {"value", and for a trained method "diff",
     "low", "high" against the student before training}}, "longest": the same, "tokens_per_s",
     "steps", "train_tokens"}."""
-    header = ["Method", *(SHORT[m] for m in QUALITY_COLUMNS), "Longest bucket", *(f"{SHORT[m]} (longest)" for m in LONGEST_COLUMNS),
-              "Tokens/s", "Steps", "Train tokens"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(QUALITY_COLUMNS) + "---|" + "---:|" * (len(LONGEST_COLUMNS) + 3)]
+    header = ["Method", *(SHORT[m] for m in QUALITY_COLUMNS), *(f"Greedy {SHORT[m]}" for m in GREEDY_COLUMNS), "Longest bucket",
+              *(f"{SHORT[m]} (longest)" for m in LONGEST_COLUMNS), "Tokens/s", "Steps", "Train tokens"]
+    lines = ["| " + " | ".join(header) + " |",
+             "|---|" + "---:|" * (len(QUALITY_COLUMNS) + len(GREEDY_COLUMNS)) + "---|" + "---:|" * (len(LONGEST_COLUMNS) + 3)]
     for r in rows:
-        cells = [r["method"], *(_cell(m, (r.get("all") or {}).get(m)) for m in QUALITY_COLUMNS), r.get("longest_bucket") or "-",
+        cells = [r["method"], *(_cell(m, (r.get("all") or {}).get(m)) for m in QUALITY_COLUMNS),
+                 *(_cell(m, (r.get("greedy") or {}).get(m)) for m in GREEDY_COLUMNS), r.get("longest_bucket") or "-",
                  *(_cell(m, (r.get("longest") or {}).get(m)) for m in LONGEST_COLUMNS),
                  _num(r.get("tokens_per_s"), 1), str(r["steps"]), str(r["train_tokens"])]
         lines.append("| " + " | ".join(cells) + " |")
     path = Path(path_md)
     path.parent.mkdir(parents=True, exist_ok=True)
-    note = NOTE + " A trained method's cell: its value (after training - before [95% interval of the difference, paired bootstrap over prompts])."
+    note = NOTE + (" Greedy columns: the same of one greedy answer per prompt; looping: the share of answers whose repetition "
+                   "is above 0.3. A trained method's cell: its value (after training - before [95% interval of the difference, "
+                   "paired bootstrap over prompts]).")
     path.write_text("\n".join(lines) + "\n\n" + note + "\n", encoding="utf-8")
     return str(path)
 
@@ -102,6 +107,7 @@ def _markdown(r: dict) -> str:
         f"- **Data:** {data.get('source')}: {data.get('train_examples')} training and {data.get('val_examples')} held-out examples",
         f"- **References:** {data.get('references')}",
         f"- **Student:** `{r.get('student_dir')}` (loads with `AutoModelForCausalLM.from_pretrained`)",
+        *_warm_start_lines(r.get("warm_start")),
         "",
         "## Held-out quality, before and after training",
         "",
@@ -113,6 +119,8 @@ def _markdown(r: dict) -> str:
         "",
         NOTE + " Each cell: before → after (after - before [95% interval of the difference]). Length buckets are by reference length in tokens.",
         "",
+        *_greedy_section(r),
+        *_answers_section(r),
         "## Training",
         "",
         f"- **Loss:** {_num(curve[0]['loss'], 4)} at step {curve[0]['step']} to {_num(curve[-1]['loss'], 4)} at step {curve[-1]['step']}"
@@ -169,6 +177,72 @@ def _overall_table(before: dict, after: dict, difference: dict) -> list[str]:
         lines += ["", "References: the same metric of the held-out references themselves (the teacher's answers, or the "
                   "data's), where it applies: how much a good answer repeats itself."]
     return lines
+
+
+def _warm_start_lines(warm: dict | None) -> list[str]:
+    """The warm stage this run started from, and the change from the student before it to after this run."""
+    if not warm:
+        return []
+    lines = [f"- **Warm start:** `{warm['method']}` for {warm['steps']} steps at lr {warm['lr']:g} from `{warm['student']}` "
+             f"(its report: `{warm['dir']}/report.md`); this run's \"before\" is that stage's student"]
+    for label, key, side in (("sampled", "from_start", None), ("greedy", "from_start_greedy", "greedy")):
+        before = warm["before"] if side is None else warm["before"].get(side) or {}
+        diff = warm.get(key) or {}
+        parts = [f"{SHORT[m]} {_num(e['before'], DIGITS[m])} → {_num(e['after'], DIGITS[m])} [{e['low']:+.{DIGITS[m]}f}, {e['high']:+.{DIGITS[m]}f}]"
+                 for m, e in (diff.get("all") or {}).items() if m in ("rouge_l", "teacher_nll", "repetition", "looping", "kl") and before]
+        lines.append(f"- **From before the warm start to after this run ({label}):** {', '.join(parts) or '-'}")
+    return lines
+
+
+GREEDY_SHOWN = ("rouge_l", "teacher_nll", "repetition", "distinct_2", "looping")
+ANSWERS_SHOWN = 6  # held-out prompts whose answers report.md shows
+ANSWER_CHARS = 320  # ... each answer cut to about four lines
+
+
+def _greedy_section(r: dict) -> list[str]:
+    """The greedy answers' metrics (what a user's generate() gets), before and after, beside the teacher's own."""
+    before, after = (r.get("before") or {}).get("greedy") or {}, (r.get("after") or {}).get("greedy") or {}
+    if not before and not after:
+        return []
+    teacher, difference = (r.get("teacher_greedy") or {}).get("greedy") or {}, r.get("difference_greedy") or {}
+    n = len(after.get("per_prompt") or before.get("per_prompt") or {})
+    lines = ["## Greedy answers", "",
+             f"One greedy answer per held-out prompt ({n} prompts), as `generate(do_sample=False)` writes it; the teacher's own "
+             "greedy answers are the yardstick. Δ with the paired-bootstrap 95% interval over prompts.", "",
+             "| Metric | Better | Before | After | Δ [95% interval] | Teacher |", "|---|---|---:|---:|---|---:|"]
+    names = labels(after or before)
+    for m in GREEDY_SHOWN:
+        entry = (difference.get("all") or {}).get(m)
+        lines.append(f"| {_cell_text(names[m])} | {BETTER[m]} | {_num(before.get(m), DIGITS[m])} | {_num(after.get(m), DIGITS[m])} "
+                     f"| {_interval(entry, DIGITS[m]) if entry else _delta(before.get(m), after.get(m), DIGITS[m])} "
+                     f"| {_num(teacher.get(m), DIGITS[m])} |")
+    return lines + [""]
+
+
+def _answers_section(r: dict) -> list[str]:
+    """For a few held-out prompts, spread over the reference lengths: the prompt, the teacher's greedy
+    answer and the student's before and after."""
+    before, after = (r.get("before") or {}).get("answers") or {}, (r.get("after") or {}).get("answers") or {}
+    teacher, prompts = (r.get("teacher_greedy") or {}).get("answers") or {}, r.get("prompts") or {}
+    lengths = {pid: p["reference_tokens"] for pid, p in ((r.get("after") or {}).get("per_prompt") or {}).items()}
+    ids = sorted((pid for pid in prompts if pid in after), key=lambda pid: (lengths.get(pid, 0), pid))
+    if not ids:
+        return []
+    step = max(len(ids) / ANSWERS_SHOWN, 1.0)
+    chosen = list(dict.fromkeys(ids[int(i * step)] for i in range(min(ANSWERS_SHOWN, len(ids)))))
+    lines = ["## Answers", "", f"{len(chosen)} held-out prompts, short to long reference; greedy answers, each cut to {ANSWER_CHARS} characters.", ""]
+    for pid in chosen:
+        lines += [f"### `{pid}`", "", _quote("Prompt", prompts[pid]), _quote("Teacher", teacher.get(pid)),
+                  _quote("Student before", before.get(pid)), _quote("Student after", after.get(pid))]
+    return lines
+
+
+def _quote(who: str, text: str | None) -> str:
+    if text is None:
+        return f"- **{who}:** -"
+    text = " ".join(text.split())
+    text = text if len(text) <= ANSWER_CHARS else text[:ANSWER_CHARS - 1] + "…"
+    return f"- **{who}:** {text or '(empty answer)'}"
 
 
 def _cell_text(text: str) -> str:

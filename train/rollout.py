@@ -37,6 +37,7 @@ def engine_settings(switch: SwitchConfig, mode: str, seed: int) -> SwitchConfig:
     """The SWITCH engine's settings for each kind of sample a method asks for."""
     modes = {
         "switch": {},
+        "adaswitch": {"schedule": "adaptive"},  # one token at a time (SwitchConfig.one_token_rounds)
         "skd": {"divergence": "skd"},
         # One model writes every token of these two, so they run in blocks: every drafted token stands,
         # blocks grow to gamma_max, and the other model scores each in one forward.
@@ -243,7 +244,7 @@ class Rollout:
         for r in records:
             r["source"] = mode
             self.counts["reused_positions"] += len(r["token_ids"])
-            if mode in ("switch", "skd"):
+            if mode in ("switch", "skd", "adaswitch"):
                 for t, teacher in enumerate(r["from_teacher"]):
                     bucket = position_bucket(t)
                     self.position_tokens[bucket] = self.position_tokens.get(bucket, 0) + 1
@@ -319,6 +320,20 @@ class Rollout:
         return [{"prompt_id": r["prompt_id"], "prediction": self.tokenizer.decode(r["token_ids"], skip_special_tokens=True).strip(),
                  "reference": by_id[r["prompt_id"]][0], "reference_tokens": by_id[r["prompt_id"]][1],
                  "teacher_logprob": r["teacher_logprob"]} for r in records]
+
+    @with_models
+    def greedy_answers(self, examples: list[Example], role: str = "student") -> list[dict]:
+        """One greedy answer per example from `role` ("student" or "teacher"), as a user's
+        `generate(do_sample=False)` writes it, with the teacher's log-probs of its tokens at T = 1
+        (so their mean is the teacher's NLL of the answer), in the same form as sample_student's."""
+        settings = dataclasses.replace(engine_settings(self.cfg.switch, role, self.cfg.switch.seed), temperature=1.0, top_p=1.0, sample=False)
+        references = self.reference(examples)
+        saved = dict(self.counts)
+        records = self.run_engine(role, examples, self.cfg.switch.seed, settings)
+        self.counts = saved  # evaluation is not training data
+        return [{"prompt_id": e.id, "prediction": self.tokenizer.decode(r["token_ids"], skip_special_tokens=True).strip(),
+                 "reference": text, "reference_tokens": self.reference_tokens(text), "teacher_logprob": r["teacher_logprob"]}
+                for e, text, r in zip(examples, references, records)]
 
     def reference_tokens(self, text: str) -> int:
         """A reference's length in the student's tokens, uncut: what the length buckets go by."""

@@ -14,6 +14,9 @@ import re
 from functools import lru_cache
 
 EDGES = (16, 32, 64)
+# An answer loops when more than this share of its word 3-grams repeat earlier ones ("The bread is a
+# bread, a bread, a bread, ..." scores ~0.8; fluent answers, the teacher's, stay under ~0.1).
+LOOP_REPETITION = 0.3
 
 # Each metric is a weighted mean over prompts of the per-prompt value; this names its weight.
 METRICS = {
@@ -21,6 +24,7 @@ METRICS = {
     "teacher_nll": "tokens",  # mean over the samples' tokens: long samples weigh by their length
     "repetition": "samples",
     "distinct_2": "samples",
+    "looping": "samples",
     "kl": "kl_tokens",  # mean over the references' tokens
     "top1_agreement": "kl_tokens",
 }
@@ -29,10 +33,11 @@ LABELS = {
     "teacher_nll": "teacher NLL of the student's samples, nats/token",
     "repetition": "repetition: share of a sample's word 3-grams that already occurred earlier in it",
     "distinct_2": "distinct-2: share of a sample's word bigrams that are distinct",
+    "looping": f"looping: share of the samples that loop (repetition above {LOOP_REPETITION})",
     "kl": "full-vocabulary KL(teacher||student), nats/token, on {n} held-out references",
     "top1_agreement": "top-1 agreement with the teacher on the same {n} held-out references",
 }
-BETTER = {"rouge_l": "higher", "teacher_nll": "lower", "repetition": "lower", "distinct_2": "higher", "kl": "lower", "top1_agreement": "higher"}
+BETTER = {"rouge_l": "higher", "teacher_nll": "lower", "repetition": "lower", "distinct_2": "higher", "looping": "lower", "kl": "lower", "top1_agreement": "higher"}
 WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -68,6 +73,11 @@ def repetition(text: str) -> float:
     """
     grams = _ngrams(words(text), 3)
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def loops(text: str) -> bool:
+    """Whether the answer loops: more than LOOP_REPETITION of its word 3-grams repeat earlier ones."""
+    return repetition(text) > LOOP_REPETITION
 
 
 def distinct_2(text: str) -> float:
@@ -118,6 +128,7 @@ def summarize(samples: list[dict], heldout: list[dict] = (), edges=EDGES) -> dic
         p["sum"]["teacher_nll"] -= sum(s["teacher_logprob"])
         p["sum"]["repetition"] += repetition(s["prediction"])
         p["sum"]["distinct_2"] += distinct_2(s["prediction"])
+        p["sum"]["looping"] += float(loops(s["prediction"]))
     for r in heldout:
         p = prompts.setdefault(r["prompt_id"], _empty(r["reference_tokens"]))
         p["kl_tokens"] += r["tokens"]

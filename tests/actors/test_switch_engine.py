@@ -118,3 +118,26 @@ def test_auto_mode_runs_one_token_rounds_for_a_lone_group_only():
     assert not load_config("tiny", ["pipeline_groups=2"]).switch.one_token_rounds()
     assert not load_config("tiny", ["pipeline_groups=1", "mode=block"]).switch.one_token_rounds()
     assert load_config("tiny", ["pipeline_groups=2", "mode=per_token"]).switch.one_token_rounds()
+
+
+def test_adaswitch_hands_each_answer_to_the_teacher_once_at_its_first_spike(pair, tmp_path):
+    from studyhall.distill_math import adaptive_switch_point
+
+    k, window = 1.3, 4
+    summary, records = _run(pair, tmp_path, "adaswitch", ["schedule=adaptive", f"adaptive_k={k}", f"adaptive_window={window}",
+                                                          "max_new_tokens=24", "sample=true", "seed=3"])
+    firsts = []
+    for pid, r in records.items():
+        owners = r["from_teacher"]
+        first = owners.index(True) if True in owners else None
+        assert owners == [False] * (first if first is not None else len(owners)) + [True] * (len(owners) - (first or len(owners))), pid
+        # the recorded divergences put the switch exactly where the rule says; tau was K x the mean before it
+        assert first == adaptive_switch_point(r["divergence"][: (first or len(owners)) + 1], k, window), pid
+        for i in range(1, first if first is not None else len(owners)):
+            recent = r["divergence"][max(0, i - window):i]
+            assert r["tau"][i] == pytest.approx(k * sum(recent) / len(recent), rel=1e-5), (pid, i)
+        firsts.append(first)
+    # the test has bite: answers switched, at different positions, none at position 0 (no average there yet)
+    switch_points = [f for f in firsts if f is not None]
+    assert switch_points and len(set(switch_points)) > 1 and min(switch_points) >= 1, firsts
+    assert summary["teacher_calls_per_token"] == 1.0  # one token at a time

@@ -151,3 +151,29 @@ def test_skd_gate_uses_the_student_token():
     drafted = torch.tensor([[1]])  # rank 1 < K: the student keeps it
     tokens, from_teacher, _, _ = dm.switch_block(logp_t, logp_s, drafted, False, "skd", tau, greedy=True)
     assert not from_teacher.item() and tokens.item() == 1
+
+
+def test_adaswitch_switches_at_the_first_divergence_above_k_times_its_moving_average():
+    # K = 2, L = 3. Position 0 has no average: the student writes it. Averages of the (up to) 3 before:
+    # i=1: 0.1 -> tau 0.2, d 0.15 stays; i=2: 0.125 -> 0.25, d 0.2 stays; i=3: 0.15 -> 0.3, d 0.3 stays
+    # (not above); i=4: mean(0.15, 0.2, 0.3) = 0.2167 -> 0.4333, d 0.5 switches.
+    d = [0.1, 0.15, 0.2, 0.3, 0.5, 0.01, 0.01]
+    assert dm.adaptive_switch_point(d, k=2.0, window=3) == 4
+    assert dm.adaptive_tau([], False, 2.0, 3) == math.inf
+    assert dm.adaptive_tau(d[:4], False, 2.0, 3) == pytest.approx(2 * (0.15 + 0.2 + 0.3) / 3)
+    # a longer window averages the small early values in: at i=4 the mean of all four is 0.1875, tau 0.375: switches
+    # too; at K = 4 none of these exceeds 4 x its average, the student writes it all
+    assert dm.adaptive_switch_point(d, k=2.0, window=8) == 4 and dm.adaptive_switch_point(d, k=4.0, window=3) is None
+    # once switched, every later position is the teacher's, however small its divergence
+    assert all(dm.adaptive_tau(d[:i], True, 2.0, 3) < 0 <= d[i] for i in range(5, 7))
+
+
+def test_adaswitch_hands_every_later_position_to_the_teacher_in_the_switch_rule():
+    torch.manual_seed(0)
+    logp_t, logp_s = torch.randn(1, 1, 16).log_softmax(-1), torch.randn(1, 1, 16).log_softmax(-1)
+    drafted = logp_s.argmax(-1)
+    score = float(dm.js(logp_t, logp_s)[0, 0])
+    assert 0 < score < 0.6  # under K x an average of 0.3: the student's position
+    for tau, teacher in ((dm.adaptive_tau([0.3], False, 2.0, 8), False), (dm.adaptive_tau([0.3], True, 2.0, 8), True)):
+        _, from_teacher, _, _ = dm.switch_block(logp_t, logp_s, drafted, False, "js", torch.tensor([[tau]]), greedy=True)
+        assert bool(from_teacher[0, 0]) is teacher

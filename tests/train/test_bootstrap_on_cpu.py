@@ -90,7 +90,8 @@ def test_compare_every_metric_and_bucket():
 
     result = compare(side(0.0), side(1.0))
     assert result["bootstrap"]["resamples"] == 2000 and result["bootstrap"]["level"] == 0.95
-    assert set(result["all"]) == {"rouge_l", "teacher_nll", "repetition", "distinct_2", "kl", "top1_agreement"}
+    assert set(result["all"]) == {"rouge_l", "teacher_nll", "repetition", "distinct_2", "looping", "kl", "top1_agreement"}
+    assert result["all"]["looping"] == {"before": 1.0, "after": 0.0, "diff": -1.0, "low": -1.0, "high": -1.0}  # every "the the the" loops
     assert list(result["by_length"]) == ["0-15", "64+"]
     for where in (result["all"], result["by_length"]["64+"]):
         assert where["kl"]["high"] < 0 < where["rouge_l"]["low"]  # KL down, ROUGE-L up: both exclude zero

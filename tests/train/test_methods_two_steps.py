@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("method", ["sft", "kd", "seqkd", "gkd", "skd", "distillm", "switch"])
+@pytest.mark.parametrize("method", ["sft", "kd", "seqkd", "gkd", "skd", "distillm", "switch", "adaswitch"])
 def test_every_method_runs_two_steps(method, dolly_file, tmp_path):
     cfg = _cfg(dolly_file, f"method={method}", "steps=2", "checkpoint_every=2", "gkd_lambda=0.5", "distillm_p_init=0.5")
     report = run_distill(cfg, str(tmp_path), progress=False)
@@ -25,13 +25,14 @@ def test_every_method_runs_two_steps(method, dolly_file, tmp_path):
         assert 0 <= saved[side]["repetition"] <= 1 and 0 < saved[side]["distinct_2"] <= 1
         assert saved[side]["kl"] > 0 and 0 <= saved[side]["top1_agreement"] <= 1 and saved[side]["kl_references"] == 2
         assert set(saved[side]["per_prompt"]) == set(saved["before"]["per_prompt"]) and len(saved[side]["per_prompt"]) == 2
-    assert set(saved["difference"]["all"]) == {"rouge_l", "teacher_nll", "repetition", "distinct_2", "kl", "top1_agreement"}
+    assert set(saved["difference"]["all"]) == {"rouge_l", "teacher_nll", "repetition", "distinct_2", "looping", "kl", "top1_agreement"}
+    assert set(saved["difference_greedy"]["all"]) == {"rouge_l", "teacher_nll", "repetition", "distinct_2", "looping"}
     for m in saved["difference"]["all"].values():
         assert m["low"] <= m["high"] and m["diff"] == pytest.approx(m["after"] - m["before"], abs=1e-4)
     assert "full-vocabulary KL" in (tmp_path / "report.md").read_text()
     assert saved["tokens_per_s"] > 0 and (tmp_path / "student" / "config.json").is_file()
     reuse = saved["teacher_pass_saving"]
-    if method in ("switch", "skd"):  # teacher log-probs come from generation: no extra teacher pass at all
+    if method in ("switch", "skd", "adaswitch"):  # teacher log-probs come from generation: no extra teacher pass at all
         assert reuse["extra_pass_positions"] == 0 and reuse["reused_positions"] > 0
         assert reuse["recorded_vs_rescored_max_abs_diff"] < 1e-2
         assert saved["intervention_by_position"]

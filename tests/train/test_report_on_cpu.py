@@ -103,19 +103,30 @@ def test_quality_table(tmp_path):
     assert rows[1]["all"]["kl"] == {"value": 1.0, **{k: report["difference"]["all"]["kl"][k] for k in ("diff", "low", "high")}}
     path = write_quality_table(tmp_path / "bench" / "quality.md", rows)
     lines = Path(path).read_text().splitlines()
-    assert lines[0] == ("| Method | ROUGE-L | Teacher NLL | Repetition | KL (full vocab) | Top-1 | Longest bucket | ROUGE-L (longest) "
+    assert lines[0] == ("| Method | ROUGE-L | Teacher NLL | Repetition | KL (full vocab) | Top-1 | Greedy ROUGE-L | Greedy Repetition "
+                        "| Greedy Looping | Longest bucket | ROUGE-L (longest) "
                         "| Teacher NLL (longest) | Repetition (longest) | Tokens/s | Steps | Train tokens |")
     b = report["before"]
-    assert lines[2] == (f"| (student before training) | {b['rouge_l']:.2f} | 2.800 | 0.250 | 2.400 | 0.250 | 64+ | 36.36 | 2.500 | 0.500 "
+    assert lines[2] == (f"| (student before training) | {b['rouge_l']:.2f} | 2.800 | 0.250 | 2.400 | 0.250 | - | - | - | 64+ | 36.36 | 2.500 | 0.500 "
                         "| - | 0 | 0 |")
     d = report["difference"]["all"]
     assert lines[3].startswith(f"| switch | {report['after']['rouge_l']:.2f} ({d['rouge_l']['diff']:+.2f} [{d['rouge_l']['low']:+.2f}, "
                                f"{d['rouge_l']['high']:+.2f}]) | 1.100 (-1.700 [")
     assert (f"| 1.000 (-1.400 [{d['kl']['low']:+.3f}, {d['kl']['high']:+.3f}]) | 0.500 (+0.250 [" in lines[3])
     # The longest bucket holds one prompt: its interval is that prompt's difference.
+    assert "]) | - | - | - | 64+ |" in lines[3]  # no greedy answers in this report
     assert lines[3].endswith("| 64+ | 88.89 (+52.53 [+52.53, +52.53]) | 1.000 (-1.500 [-1.500, -1.500]) | 0.000 (-0.500 [-0.500, -0.500]) "
                              "| 180.0 | 40 | 20480 |")
     assert "95% interval of the difference" in Path(path).read_text()
+
+    report["before"] |= greedy({5: "go go go go go", 70: "fox fox fox fox fox fox"})
+    report["after"] |= greedy({5: "the quick brown fox", 70: "fox fox fox fox fox fox"})
+    report["difference_greedy"] = compare(report["before"]["greedy"], report["after"]["greedy"])
+    row = _row("switch", report["after"], report)
+    assert row["greedy"]["looping"] == {"value": 0.5, "diff": -0.5, "low": -1.0, "high": 0.0}
+    teacher = _row("(teacher, greedy)", {"greedy": greedy({5: "the quick brown fox"})["greedy"]}, None)
+    line = Path(write_quality_table(tmp_path / "q2.md", [teacher, row])).read_text().splitlines()[2]
+    assert line.startswith("| (teacher, greedy) | - | - | - | - | - | 88.89 | 0.000 | 0.000 | - |")  # 4 of 5 words: F 0.889
 
 
 def test_headline_has_every_figure_with_its_interval():
@@ -126,3 +137,45 @@ def test_headline_has_every_figure_with_its_interval():
     assert f"full-vocab KL 2.400 -> 1.000 [{kl['low']:+.3f}, {kl['high']:+.3f}]" in line
     assert "teacher NLL 2.800 -> 1.100 [" in line and "repetition 0.250 -> 0.000 [" in line and "top-1 0.250 -> 0.500 [" in line
     assert headline(report["before"]) == "ROUGE-L 18.18, teacher NLL 2.800, repetition 0.250, full-vocab KL 2.400, top-1 0.250"
+
+
+def greedy(pid_text: dict) -> dict:
+    answers = [sample(n, text, [-1.0] * 3) | {"prompt_id": f"p{n}"} for n, text in pid_text.items()]
+    return {"greedy": summarize(answers), "answers": {a["prompt_id"]: a["prediction"] for a in answers}}
+
+
+def test_report_shows_greedy_metrics_beside_the_teacher_and_the_answers(tmp_path):
+    report = make_report()
+    report["before"] |= greedy({5: "the the the the the the the the", 70: "fox fox fox fox fox fox"})
+    report["after"] |= greedy({5: "the quick brown fox", 70: "a quick brown fox jumps over | the dog " + " ".join(f"w{i}" for i in range(200))})
+    report["teacher_greedy"] = greedy({5: "the quick brown fox jumps", 70: "the quick brown fox jumps high"})
+    report["difference_greedy"] = compare(report["before"]["greedy"], report["after"]["greedy"])
+    report["prompts"] = {"p5": "Name a fast animal.", "p70": "Tell a long story\nabout a fox."}
+    md = Path(write_report(tmp_path, report)["md"]).read_text()
+    greedy_part = md.split("## Greedy answers")[1].split("## Answers")[0]
+    looping = next(line for line in greedy_part.splitlines() if line.startswith("| looping"))
+    # before: both answers loop (1.000); after: neither; teacher: neither; Δ -1.000 with its interval
+    assert "| 1.000 | 0.000 | -1.000 [" in looping and looping.endswith("| 0.000 |")
+    answers = md.split("## Answers")[1].split("## Training")[0]
+    assert answers.index("`p5`") < answers.index("`p70`")  # short reference first
+    assert "- **Prompt:** Tell a long story about a fox." in answers  # one line per answer
+    assert "- **Teacher:** the quick brown fox jumps high" in answers
+    assert "- **Student before:** fox fox fox fox fox fox" in answers
+    long_line = next(line for line in answers.splitlines() if line.startswith("- **Student after:** a quick"))
+    assert long_line.endswith("…") and len(long_line) < 400
+
+
+def test_report_names_the_warm_start_and_the_change_from_before_it(tmp_path):
+    from train.distill import warm_start_summary
+
+    report = make_report()
+    report["before"] |= greedy({5: "go go go go go", 70: "fox fox fox fox fox fox"})
+    report["after"] |= greedy({5: "the quick brown fox", 70: "the quick fox"})
+    warm = {"student_dir": "/tmp/out/warm_start/student", "method": "sft", "steps": 8, "config": {"train": {"lr": 0.001},
+            "student": {"path": "embedded:student"}}, "evaluated_weights": {"sha256": "abc"},
+            "before": report["before"], "after": report["before"], "difference": compare(report["before"], report["before"])}
+    report["warm_start"] = warm_start_summary(warm, report["after"], seed=0)
+    md = Path(write_report(tmp_path, report)["md"]).read_text()
+    assert "- **Warm start:** `sft` for 8 steps at lr 0.001 from `embedded:student` (its report: `/tmp/out/warm_start/report.md`)" in md
+    line = next(x for x in md.splitlines() if x.startswith("- **From before the warm start to after this run (greedy):**"))
+    assert "Looping 1.000 → 0.000 [" in line

@@ -91,11 +91,11 @@ def test_summarize_token_weighted_nll_and_buckets():
     assert s["kl"] == 0.875 and s["top1_agreement"] == 0.625 and s["kl_tokens"] == 40 and s["kl_references"] == 2
     assert list(s["by_length"]) == ["0-15", "32-63", "64+"]  # ordered by bucket start, empty buckets absent
     no_kl = {"kl": None, "top1_agreement": None, "kl_tokens": 0, "kl_references": 0}
-    assert s["by_length"]["0-15"] == {"rouge_l": 0.0, "teacher_nll": None, "repetition": 0.0, "distinct_2": 1.0,
+    assert s["by_length"]["0-15"] == {"rouge_l": 0.0, "teacher_nll": None, "repetition": 0.0, "distinct_2": 1.0, "looping": 0.0,
                                       "samples": 1, "tokens": 0, **no_kl}
-    assert s["by_length"]["32-63"] == {"rouge_l": 87.5, "teacher_nll": 2.0, "repetition": 0.0, "distinct_2": 1.0, "samples": 2, "tokens": 3,
+    assert s["by_length"]["32-63"] == {"rouge_l": 87.5, "teacher_nll": 2.0, "repetition": 0.0, "distinct_2": 1.0, "looping": 0.0, "samples": 2, "tokens": 3,
                                        "kl": 2.0, "top1_agreement": 0.4, "kl_tokens": 10, "kl_references": 1}
-    assert s["by_length"]["64+"] == {"rouge_l": 50.0, "teacher_nll": 1.5, "repetition": 0.0, "distinct_2": 1.0, "samples": 1, "tokens": 4,
+    assert s["by_length"]["64+"] == {"rouge_l": 50.0, "teacher_nll": 1.5, "repetition": 0.0, "distinct_2": 1.0, "looping": 0.0, "samples": 1, "tokens": 4,
                                      "kl": 0.5, "top1_agreement": 0.7, "kl_tokens": 30, "kl_references": 1}
     # Per prompt: the same numbers for each prompt alone, with its bucket; prompt "a"'s two samples together.
     assert list(s["per_prompt"]) == ["a", "b", "c"]
@@ -120,8 +120,8 @@ def test_summarize_refuses_two_reference_lengths_for_one_prompt():
 def test_summarize_orders_buckets_numerically_and_handles_nothing():
     s = summarize([sample("a", "x", "x", 100, [-1.0]), sample("b", "x", "x", 9, [-1.0]), sample("c", "x", "x", 3, [-1.0])], edges=(8, 16))
     assert list(s["by_length"]) == ["0-7", "8-15", "16+"]
-    assert summarize([]) == {"rouge_l": None, "teacher_nll": None, "repetition": None, "distinct_2": None, "kl": None,
-                             "top1_agreement": None, "samples": 0, "tokens": 0, "kl_tokens": 0, "kl_references": 0,
+    assert summarize([]) == {"rouge_l": None, "teacher_nll": None, "repetition": None, "distinct_2": None, "looping": None,
+                             "kl": None, "top1_agreement": None, "samples": 0, "tokens": 0, "kl_tokens": 0, "kl_references": 0,
                              "references": {"repetition": None, "distinct_2": None}, "by_length": {}, "per_prompt": {}}
 
 
@@ -134,3 +134,29 @@ def test_reference_text_stats_are_the_references_own_repetition_and_distinct_2()
     summary = summarize([{"prompt_id": "p1", "prediction": "a b c", "reference": "a b c a b c", "reference_tokens": 6,
                           "teacher_logprob": [-1.0]}])
     assert summary["references"] == {"repetition": 0.25, "distinct_2": 0.6}
+
+
+@pytest.mark.parametrize("text, looping", [
+    # 15 words (the bread is a bread , a bread , a bread , a bread .): 13 3-grams, 7 distinct
+    # (the bread is, bread is a, is a bread, a bread ",", bread , a, ", a bread", a bread .): 6 of 13 repeat, 0.46 > 0.3.
+    ("The bread is a bread, a bread, a bread, a bread.", True),
+    # 10 words, 8 3-grams, 2 repeats ("the cat sat" and "cat sat on"): 0.25, not above 0.3.
+    ("the cat sat on a mat the cat sat on", False),
+    ("Bread goes stale as its starch crystallizes and water moves out.", False),
+    ("", False),
+])
+def test_an_answer_loops_when_repetition_is_above_the_cut(text, looping):
+    from train.scoring import LOOP_REPETITION, loops
+
+    assert loops(text) is looping
+    assert (repetition(text) > LOOP_REPETITION) is looping
+
+
+def test_looping_share_is_the_share_of_looping_samples():
+    samples = [{"prompt_id": "a", "prediction": "The bread is a bread, a bread, a bread, a bread.", "reference": "x",
+                "reference_tokens": 3, "teacher_logprob": [-1.0]},
+               {"prompt_id": "a", "prediction": "Bread goes stale.", "reference": "x", "reference_tokens": 3, "teacher_logprob": [-1.0]},
+               {"prompt_id": "b", "prediction": "go go go go go go", "reference": "y", "reference_tokens": 20, "teacher_logprob": [-1.0]}]
+    summary = summarize(samples)
+    assert summary["looping"] == pytest.approx(2 / 3, abs=1e-4)
+    assert summary["per_prompt"]["a"]["looping"] == 0.5 and summary["per_prompt"]["b"]["looping"] == 1.0
