@@ -224,6 +224,13 @@ def _distill(args) -> int:
         return 1
     print(f"{report['method']}: {report['steps']} steps, {report['tokens_per_s']:.0f} train tokens/s; "
           f"{headline(report['before'], report['after'], report['difference'])} (after - before: 95% intervals)")
+    warm = report.get("warm_start")
+    if warm:
+        print(f"from before the {warm['method']} warm start ({warm['steps']} steps): "
+              f"{headline(warm['before'], report['after'], warm['from_start'])}")
+    looping = [(side or {}).get("greedy", {}).get("looping") for side in (report["before"], report["after"], report["teacher_greedy"])]
+    print("greedy answers that loop: " + ", ".join(f"{who} {'-' if v is None else f'{v:.0%}'}"
+                                                   for who, v in zip(("before", "after", "teacher"), looping)))
     print(f"report: {report['files']['md']}  student: {report['student_dir']}")
     return 0
 

@@ -153,14 +153,27 @@ def stages(cfg: Config, warm_dir: Path) -> tuple[Config, Config]:
     return dataclasses.replace(cfg, train=warm), dataclasses.replace(cfg, student=student, train=method)
 
 
+# The SWITCH gate's settings: only the engine methods' records depend on them (evaluation fixes its own).
+GATE_KEYS = ("divergence", "schedule", "tau0", "lam", "skd_top_k", "adaptive_k", "adaptive_window")
+GATED_METHODS = ("switch", "skd", "adaswitch")
+
+
 def reusable_stage(stage_dir: Path, cfg: Config) -> dict | None:
-    """The report of a finished stage in stage_dir that ran this very config (and saved its student), or None."""
+    """The report of a finished stage in stage_dir that ran this config (and saved its student), or
+    None. For a method that does not run the SWITCH gate, the gate's settings do not count: a warm
+    kd stage is the same whatever tau0 the method after it uses."""
     try:
         report = json.loads((stage_dir / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    same = report.get("config") == json.loads(json.dumps(dataclasses.asdict(with_answer_budget(cfg)), default=str))
+    same = _what_counts(report.get("config") or {}) == _what_counts(json.loads(json.dumps(dataclasses.asdict(with_answer_budget(cfg)), default=str)))
     return report if same and (stage_dir / "student" / "config.json").is_file() else None
+
+
+def _what_counts(config: dict) -> dict:
+    if (config.get("train") or {}).get("method") in GATED_METHODS:
+        return config
+    return {**config, "switch": {k: v for k, v in (config.get("switch") or {}).items() if k not in GATE_KEYS}}
 
 
 def warm_start_summary(warm: dict, after: dict, seed: int) -> dict:
