@@ -27,7 +27,8 @@ def run_bench(preset: str, method: str, out: str, vary: str | None, overrides: l
     out_path = Path(out)
     runs = []
     for setting in settings(vary):
-        cfg = load_config(preset, [*overrides, f"train.method={method}", *setting])
+        # the phases of the method's own steps: no warm stage before it unless asked for (train.warm_start=kd)
+        cfg = load_config(preset, ["train.warm_start=", *overrides, f"train.method={method}", *setting])
         label = " ".join(setting) or "as configured"
         run_dir = out_path.parent / f"{out_path.stem}_runs" / (label.replace(" ", "_").replace("=", "-") or "default")
         print(f"bench distill: {method} on {preset}, {label} -> {run_dir}", file=sys.stderr, flush=True)
