@@ -241,11 +241,17 @@ def _evaluate(args) -> int:
     args.overrides = getattr(args, "overrides", [])
     overrides = _train_overrides(args) + ([f"student.path={args.student}"] if args.student else [])
     result = run_evaluate(load_config(args.preset, overrides), args.prompts)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("config", "per_prompt")}, indent=2))  # the file has them
+    print(json.dumps(_without_details(result), indent=2))  # the file has them
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
     return 0
+
+
+def _without_details(result: dict) -> dict:
+    """An eval result as printed: no config, and no per-prompt values or answers at any depth."""
+    return {k: _without_details(v) if isinstance(v, dict) else v for k, v in result.items()
+            if k not in ("config", "per_prompt", "answers")}
 
 
 def _prune(args) -> int:

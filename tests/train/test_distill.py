@@ -180,7 +180,8 @@ def test_eval_on_a_prompt_file_writes_and_reuses_cached_teacher_references(tmp_p
     assert "references teacher-written" in first["data"]
     assert first["metrics"]["kl"] == "full-vocabulary KL(teacher||student), nats/token, on 3 held-out references"
     printed = capsys.readouterr().out
-    assert '"kl":' in printed and '"per_prompt"' not in printed  # per-prompt values go to the file only
+    assert '"kl":' in printed and '"per_prompt"' not in printed and '"answers"' not in printed  # per-prompt values go to the file only
+    assert first["greedy"]["samples"] == 3 and set(first["answers"]) == set(first["teacher_greedy"]["answers"]) == {"q0", "q1", "q2"}
     cached = list((tmp_path / "cache" / "references").glob("*.json"))
     assert len(cached) == 1
     texts = json.loads(cached[0].read_text())
