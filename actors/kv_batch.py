@@ -7,36 +7,22 @@ Positions come from the count of valid slots, so a row computes exactly what it 
 
 Each row's last committed token is its `pending` token: not in the cache yet, fed first next time.
 
-A `SharedPrefix` (e.g. a chat template's system prompt) is prefilled once: rows whose prompt starts
-with it copy its keys and values and prefill only the rest. Positions count valid slots, so such a
-row computes what it would with the prefix prefilled in its own forward.
+With a `PrefixCache` (actors/prefix_cache.py: the chat template's opening and prompts seen recently),
+a row starts from the keys and values of the longest prefix it shares with a cached entry and
+prefills only the rest. Positions count valid slots, so such a row computes what it would with the
+whole prompt prefilled in its own forward.
 """
 import torch
 from transformers import DynamicCache
 
+from actors.prefix_cache import PrefixCache
+
 PAD_SLACK = 32  # padding tokens a prefill group may carry anyway: cheaper than one more forward
 
 
-class SharedPrefix:
-    """Tokens many prompts start with, and the model's keys and values for them (one row)."""
-
-    def __init__(self, model, device: torch.device, tokens: list[int]):
-        self.tokens = list(tokens)
-        with torch.no_grad():
-            cache = model(input_ids=torch.tensor([self.tokens], device=device), use_cache=True).past_key_values
-        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def starts(self, prompt: list[int]) -> bool:
-        """Whether this prompt can use it: it starts with the prefix and has a token past it (the pending one)."""
-        return len(prompt) > len(self.tokens) and prompt[:len(self.tokens)] == self.tokens
-
-
 class CachedBatch:
-    def __init__(self, model, device: torch.device, prefix: SharedPrefix | None = None):
-        self.model, self.device, self.prefix = model, device, prefix
+    def __init__(self, model, device: torch.device, prefixes: PrefixCache | None = None):
+        self.model, self.device, self.prefixes = model, device, prefixes
         self._reset(0)
 
     def _reset(self, rows: int) -> None:
@@ -53,38 +39,39 @@ class CachedBatch:
         return int(self.length.max()) if self.rows else 0
 
     @torch.no_grad()
-    def start(self, prompts: list[list[int]]) -> None:
+    def start(self, prompts: list[list[int]]) -> int:
         """Prefill all but the last token of each prompt; the last one becomes pending. Prompts of
         unlike lengths are prefilled in groups of like length (padding costs a padded row's whole
-        forward), then merged; rows keep the order given."""
+        forward), then merged; rows keep the order given. Returns the prompt tokens run."""
         groups = length_groups([self.prefill_cost(p) for p in prompts])
         if len(groups) == 1:
-            self._start_group(prompts)
-            return
-        self._start_group([prompts[i] for i in groups[0]])
+            return self._start_group(prompts)
+        ran = self._start_group([prompts[i] for i in groups[0]])
         for group in groups[1:]:
-            part = CachedBatch(self.model, self.device, self.prefix)
-            part._start_group([prompts[i] for i in group])
+            part = CachedBatch(self.model, self.device, self.prefixes)
+            ran += part._start_group([prompts[i] for i in group])
             self._merge(part)
         placed = [i for group in groups for i in group]
         self.select(torch.tensor(sorted(range(len(placed)), key=placed.__getitem__)))
+        return ran
 
     def prefill_cost(self, prompt: list[int]) -> int:
-        """Tokens a prefill runs for this prompt: all but the pending one, less a shared prefix."""
-        return len(prompt) - 1 - (len(self.prefix) if self.prefix is not None and self.prefix.starts(prompt) else 0)
+        """Tokens a prefill runs for this prompt: all but the pending one, less a cached prefix."""
+        return len(prompt) - 1 - (self.prefixes.match(prompt)[1] if self.prefixes is not None else 0)
 
-    def _start_group(self, prompts: list[list[int]]) -> None:
+    def _start_group(self, prompts: list[list[int]]) -> int:
         """Prefill these prompts in one forward, left-padded.
 
         Prefill needs only the cache, so the LM head runs on one position instead of the whole prompt.
-        With a shared prefix that any prompt starts with, the cache begins with its columns (valid for
-        the rows that start with it) and only the rest of each prompt is run.
+        With a prefix cache, each row's first columns are the cached keys and values of its longest
+        cached prefix (left-padded to the longest such prefix) and only the rest of its prompt is run;
+        afterwards each row's prefilled tokens go into the cache for the prompts that follow.
         """
         self._reset(len(prompts))
-        shared = [self.prefix is not None and self.prefix.starts(p) for p in prompts]
-        if any(shared):
-            self._start_from_prefix(shared)
-        skip = [len(self.prefix) if s else 0 for s in shared]
+        matches = [self.prefixes.match(p, count=True) if self.prefixes is not None else (None, 0) for p in prompts]
+        skip = [n for _, n in matches]
+        if any(skip):
+            self._start_from_prefixes(matches)
         width = max(len(p) - 1 - k for p, k in zip(prompts, skip))
         pads = torch.tensor([width - (len(p) - 1 - k) for p, k in zip(prompts, skip)], device=self.device)
         ids = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
@@ -98,13 +85,26 @@ class CachedBatch:
         self.valid = torch.cat([self.valid, prefill_valid], dim=1)
         self.length = self.valid.sum(1)
         self.pending = torch.tensor([p[-1] for p in prompts], dtype=torch.long, device=self.device)
+        if self.prefixes is not None and self.valid.shape[1]:
+            self.prefixes.insert_rows(prompts, self.cache, self.valid)
+        return sum(len(p) - 1 - k for p, k in zip(prompts, skip))
 
-    def _start_from_prefix(self, shared: list[bool]) -> None:
-        """The prefix's keys and values in every row's first columns; valid only where `shared`."""
-        rows = len(shared)
-        for index, (keys, values) in enumerate(self.prefix.layers):
-            self.cache.update(keys.expand(rows, -1, -1, -1).contiguous(), values.expand(rows, -1, -1, -1).contiguous(), index)
-        self.valid = torch.tensor(shared, device=self.device)[:, None].expand(rows, len(self.prefix)).clone()
+    def _start_from_prefixes(self, matches: list[tuple]) -> None:
+        """Each row's cached prefix in its first columns, right-aligned to the longest (rows without one: none)."""
+        rows, width = len(matches), max(n for _, n in matches)
+        self.valid = torch.zeros(rows, width, dtype=torch.bool, device=self.device)
+        first = next(layers for layers, n in matches if n)
+        for index, (keys, values) in enumerate(first):
+            shape = (rows, keys.shape[1], width, keys.shape[3])
+            k_all = torch.zeros(shape, dtype=keys.dtype, device=keys.device)
+            v_all = torch.zeros(shape, dtype=values.dtype, device=values.device)
+            for row, (layers, n) in enumerate(matches):
+                if n:
+                    k_all[row, :, width - n:] = layers[index][0][0]
+                    v_all[row, :, width - n:] = layers[index][1][0]
+            self.cache.update(k_all, v_all, index)
+        for row, (_, n) in enumerate(matches):
+            self.valid[row, width - n:] = n > 0
         self.length = self.valid.sum(1)
 
     @torch.no_grad()
@@ -179,14 +179,15 @@ class CachedBatch:
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
         self.valid = self.valid[:, first:]
 
-    def extend(self, prompts: list[list[int]]) -> None:
-        """Add new sequences to the batch (continuous batching): prefill them apart, then merge."""
+    def extend(self, prompts: list[list[int]]) -> int:
+        """Add new sequences to the batch (continuous batching): prefill them apart, then merge.
+        Returns the prompt tokens run."""
         if self.rows == 0:
-            self.start(prompts)
-            return
-        other = CachedBatch(self.model, self.device, self.prefix)
-        other.start(prompts)
+            return self.start(prompts)
+        other = CachedBatch(self.model, self.device, self.prefixes)
+        ran = other.start(prompts)
         self._merge(other)
+        return ran
 
     def _merge(self, other: "CachedBatch") -> None:
         """Append another batch's rows (their caches left-padded to one width)."""

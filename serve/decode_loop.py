@@ -5,7 +5,8 @@ all, and at most `prefill_budget` prompt tokens per step, so a burst of long pro
 the rows already decoding; the first newcomer is always let in). One step is the newcomers' prefill
 plus one forward over every row, in a worker thread so that the event loop keeps taking requests.
 Tokens go to each request's queue as chunks (serve/decoding.py: RowOutput); a finished or abandoned
-request leaves the batch before the next step.
+request leaves the batch before the next step. A prefill-ahead request only prefills its prompt into
+the prefix cache, in the next step, within the same prefill budget, and never joins the batch.
 
 If a step raises, every request in the loop gets the error and the loop stops: the replica's
 `check_health` then reports it, and Serve replaces the replica.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from actors.kv_batch import SharedPrefix
+from actors.prefix_cache import PrefixCache
 from serve.decoding import RowOutput, RunningBatch, Sampling
 
 
@@ -33,16 +34,18 @@ class _Request:
     output: RowOutput
     chunks: asyncio.Queue = field(default_factory=asyncio.Queue)
     abandoned: bool = False
+    ahead: bool = False  # prefill into the prefix cache only
 
 
 class DecodeLoop:
     def __init__(self, model, device, generator: torch.Generator | None, max_batch_size: int, prefill_budget: int,
-                 prefix: SharedPrefix | None = None):
+                 prefixes: PrefixCache | None = None):
         self.model, self.device = model, device
-        self.batch = RunningBatch(model, device, generator, prefix)
+        self.batch = RunningBatch(model, device, generator, prefixes)
         self.max_batch_size, self.prefill_budget = max_batch_size, prefill_budget
         self.waiting: deque[_Request] = deque()
         self.running: dict[int, _Request] = {}
+        self.prefilling: list[_Request] = []  # prefill-ahead requests in the step under way
         self._keys = itertools.count()
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
@@ -68,6 +71,23 @@ class DecodeLoop:
         finally:
             request.abandoned = True  # a client that went away: its row leaves before the next step
 
+    async def prefill_ahead(self, prompt: list[int]) -> None:
+        """Prefill `prompt` into the prefix cache at the next step (returns when done); a request that
+        starts with it then prefills only the rest. Nothing happens without a prefix cache."""
+        self._check_running()
+        if self.batch.prefixes is None:
+            return
+        request = _Request(next(self._keys), prompt, Sampling(), None, ahead=True)
+        self._start()
+        self.waiting.append(request)
+        self._wake.set()
+        try:
+            done = await request.chunks.get()
+            if isinstance(done, BaseException):
+                raise done
+        finally:
+            request.abandoned = True
+
     async def probe(self) -> None:
         """A one-token forward of the model, between two steps: proof that it still answers."""
         self._check_running()
@@ -86,6 +106,7 @@ class DecodeLoop:
         b = self.batch
         return {"forwards": b.forwards, "rows_forwarded": b.rows_forwarded, "prefills": b.prefills,
                 "prefill_tokens": b.prefill_tokens, "waiting_at_step": self.waiting_at_step,
+                "prefix_cache": b.prefixes.stats() if b.prefixes is not None else None,
                 "mean_rows_per_forward": round(b.rows_forwarded / b.forwards, 3) if b.forwards else 0.0,
                 "running": len(self.running), "waiting": len(self.waiting), "max_batch_size": self.max_batch_size}
 
@@ -113,8 +134,12 @@ class DecodeLoop:
                 continue
             newcomers = self._admit()
             self.waiting_at_step += len(self.waiting)
+            self.prefilling = [r for r in newcomers if r.ahead]
             async with self._model_lock:
                 tokens = await asyncio.to_thread(self._step, newcomers)
+            for request in self.prefilling:
+                request.chunks.put_nowait({"prefilled": len(request.prompt)})
+            self.prefilling = []
             for key, token in tokens.items():
                 request = self.running[key]
                 chunk = request.output.push(token)
@@ -127,19 +152,25 @@ class DecodeLoop:
 
     def _admit(self) -> list[_Request]:
         newcomers, tokens = [], 0
-        while self.waiting and len(self.batch) + len(newcomers) < self.max_batch_size:
-            cost = self.batch.prefill_cost(self.waiting[0].prompt)
+        rows = len(self.batch)
+        while self.waiting and (self.waiting[0].ahead or rows < self.max_batch_size):
+            request = self.waiting[0]
+            cost = self.batch.prefill_cost(request.prompt + [0] if request.ahead else request.prompt)
             if newcomers and tokens + cost > self.prefill_budget:
                 break
-            request = self.waiting.popleft()
+            self.waiting.popleft()
             newcomers.append(request)
             tokens += cost
-            self.running[request.key] = request
+            if not request.ahead:
+                rows += 1
+                self.running[request.key] = request
         return newcomers
 
     def _step(self, newcomers: list[_Request]) -> dict[int, int]:
-        if newcomers:
-            self.batch.join([(r.key, r.prompt, r.sampling) for r in newcomers])
+        self.batch.prefill_ahead([r.prompt for r in newcomers if r.ahead])
+        joining = [(r.key, r.prompt, r.sampling) for r in newcomers if not r.ahead]
+        if joining:
+            self.batch.join(joining)
         return self.batch.step()
 
     def _drop_abandoned(self) -> None:
@@ -151,7 +182,7 @@ class DecodeLoop:
 
     def _fail(self, err: BaseException) -> None:
         self.failure = err
-        for request in [*self.running.values(), *self.waiting]:
+        for request in [*self.running.values(), *self.waiting, *self.prefilling]:
             request.chunks.put_nowait(LoopStopped(f"the decode loop stopped: {err!r}"))
         self.running.clear()
         self.waiting.clear()

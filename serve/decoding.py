@@ -1,7 +1,8 @@
 """Continuous batching over one KV cache, and turning a row's tokens into text.
 
 `RunningBatch` is the decode state of one GKT replica: rows join between steps (their prompts are
-prefilled apart and merged into the cache, actors/kv_batch.py), every step runs one forward for all
+prefilled apart, from the longest cached prefix on, and merged into the cache: actors/kv_batch.py,
+actors/prefix_cache.py), every step runs one forward for all
 rows, and a finished row leaves before the next step, so the rest run narrower. Each row keeps its
 own sampling settings. `RowOutput` turns one row's tokens into OpenAI-style chunks: EOS, `stop`
 strings, the token limit, and text held back until it is final.
@@ -10,24 +11,27 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.kv_batch import CachedBatch, SharedPrefix
+from actors.kv_batch import CachedBatch
+from actors.prefix_cache import MIN_REUSE, PrefixCache
 from studyhall.distill_math import divergence_logprobs, sample
 from studyhall.prompts import render
 
-MIN_SHARED_PREFIX = 4  # tokens; a shorter one saves less than its bookkeeping costs
-
-
-def chat_prefix(model, device, tokenizer) -> SharedPrefix | None:
-    """What every chat prompt starts with (the template's system prompt and the user turn's opening),
-    to prefill once: the tokens two unrelated conversations share. Prompts are tokenized as the
-    replicas do (rendered text, no special tokens added); a prompt that tokenizes differently at the
-    seam simply does not use it."""
+def prefix_cache(model, device, tokenizer, capacity_tokens: int) -> PrefixCache | None:
+    """A replica's prefix cache (None when `capacity_tokens` is 0), with what every chat prompt starts
+    with pinned in it: the template's system prompt and the user turn's opening, the tokens two
+    unrelated conversations share. Prompts are tokenized as the replicas do (rendered text, no special
+    tokens added)."""
+    if capacity_tokens <= 0:
+        return None
+    cache = PrefixCache(capacity_tokens)
     first, second = (tokenizer(render(tokenizer, [{"role": "user", "content": text}]), add_special_tokens=False)["input_ids"]
                      for text in ("Hi", "Why is the sea blue?"))
     n = 0
     while n < min(len(first), len(second)) and first[n] == second[n]:
         n += 1
-    return SharedPrefix(model, device, first[:n]) if n >= MIN_SHARED_PREFIX else None
+    if MIN_REUSE <= n <= capacity_tokens:
+        cache.pin(model, device, first[:n])
+    return cache
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,9 @@ class Sampling:
 class RunningBatch:
     """Rows are addressed by a key the caller chooses; `step()` returns {key: new token} for every row."""
 
-    def __init__(self, model, device, generator: torch.Generator | None, prefix: SharedPrefix | None = None):
-        self.batch = CachedBatch(model, device, prefix)
+    def __init__(self, model, device, generator: torch.Generator | None, prefixes: PrefixCache | None = None):
+        self.batch = CachedBatch(model, device, prefixes)
+        self.model, self.prefixes = model, prefixes
         self.device, self.generator = device, generator
         self.keys: list = []  # the key of each batch position
         self.sampling: dict = {}
@@ -58,17 +63,24 @@ class RunningBatch:
     def join(self, rows: list[tuple]) -> None:
         """Add rows (key, prompt token ids, Sampling): prefilled now, they decode from the next step."""
         self._drop_leaving()
-        self.batch.extend([prompt for _, prompt, _ in rows])
+        self.prefill_tokens += self.batch.extend([prompt for _, prompt, _ in rows])
         for key, prompt, sampling in rows:
             self.keys.append(key)
             self.sampling[key], self.joined_at[key] = sampling, (self.forwards, self.rows_forwarded)
             if sampling.seed is not None:
                 self.generators[key] = torch.Generator(self.device).manual_seed(sampling.seed)
-            self.prefill_tokens += self.prefill_cost(prompt)
+        self.prefills += 1
+
+    def prefill_ahead(self, prompts: list[list[int]]) -> None:
+        """Prefill these prompts into the prefix cache only (no rows join): a request about to arrive
+        with one of them as its start prefills just the rest. Without a prefix cache, nothing to do."""
+        if self.prefixes is None or not prompts:
+            return
+        self.prefill_tokens += CachedBatch(self.model, self.batch.device, self.prefixes).start([p + [0] for p in prompts])  # all of p
         self.prefills += 1
 
     def prefill_cost(self, prompt: list[int]) -> int:
-        """The prompt tokens a join would run: a shared prefix's are not run again."""
+        """The prompt tokens a join would run: a cached prefix's are not run again."""
         return self.batch.prefill_cost(prompt)
 
     def leave(self, key) -> None:

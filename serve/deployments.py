@@ -18,7 +18,7 @@ from ray.util import metrics
 
 from actors.models import context_length, eos_ids, load_model, load_tokenizer, pick_device
 from serve.decode_loop import DecodeLoop
-from serve.decoding import RowOutput, RunningBatch, Sampling, chat_prefix
+from serve.decoding import RowOutput, RunningBatch, Sampling, prefix_cache
 from studyhall.config import ServedModel
 from studyhall.prompts import render
 from studyhall.threads import threads_for
@@ -40,11 +40,17 @@ class _ModelReplica:
         self.eos = eos_ids(self.tokenizer, spec.path)
         self.context = context_length(self.model.config)
         generator = torch.Generator(self.device).manual_seed(sampling_seed)
-        self.prefix = chat_prefix(self.model, self.device, self.tokenizer)
-        self.loop = DecodeLoop(self.model, self.device, generator, spec.max_batch_size, spec.prefill_budget, self.prefix)
+        self.prefixes = prefix_cache(self.model, self.device, self.tokenizer, spec.prefix_cache_tokens)
+        self.loop = DecodeLoop(self.model, self.device, generator, spec.max_batch_size, spec.prefill_budget, self.prefixes)
         self.rows = metrics.Histogram(f"studyhall_gkt_{self.role}_rows_per_forward",
                                       description=f"per answer: mean rows in the {self.role} forwards that wrote it", boundaries=ROWS_BUCKETS)
         self.tokens = metrics.Counter(f"studyhall_gkt_{self.role}_tokens", description=f"tokens the {self.role} generated")
+        self.counters = {name: metrics.Counter(f"studyhall_gkt_{self.role}_{name}", description=f"{self.role}: {text}") for name, text in (
+            ("prefill_tokens", "prompt tokens prefilled (run through the model)"),
+            ("prefix_cache_lookups", "prefills that looked up the prefix cache"),
+            ("prefix_cache_hits", "prefills that reused a cached prefix"),
+            ("prefix_tokens_reused", "prompt tokens taken from the prefix cache instead of being prefilled"))}
+        self._exported = dict.fromkeys(self.counters, 0)
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -60,10 +66,27 @@ class _ModelReplica:
         await self.loop.probe()
 
     def stats(self) -> dict:
-        """Counters of this replica's decode loop (forwards, rows per forward, prefills, queue), and which
-        replica answered (its actor's name in the "serve" namespace)."""
-        return {**self.loop.stats(), "shared_prefix_tokens": len(self.prefix) if self.prefix else 0,
-                "actor_name": ray.get_runtime_context().get_actor_name()}
+        """Counters of this replica's decode loop (forwards, rows per forward, prefills and their tokens,
+        the prefix cache's lookups, hits and tokens reused, queue), and which replica answered (its
+        actor's name in the "serve" namespace)."""
+        return {**self.loop.stats(), "actor_name": ray.get_runtime_context().get_actor_name()}
+
+    def reset_prefix_cache(self) -> None:
+        """Drop every cached prefix but the pinned chat template (as vLLM's reset_prefix_cache): benches
+        measure each run from the same cold cache."""
+        if self.prefixes is not None:
+            self.prefixes.clear()
+
+    def _export_counters(self) -> None:
+        """The loop's cumulative prefill and prefix-cache counters, as Prometheus counters (their growth)."""
+        stats = self.loop.stats()
+        cache = stats["prefix_cache"] or {}
+        now = {"prefill_tokens": stats["prefill_tokens"], "prefix_cache_lookups": cache.get("lookups", 0),
+               "prefix_cache_hits": cache.get("hits", 0), "prefix_tokens_reused": cache.get("tokens_reused", 0)}
+        for name, value in now.items():
+            if value > self._exported[name]:
+                self.counters[name].inc(value - self._exported[name])
+                self._exported[name] = value
 
     def prompt_text(self, job: dict) -> str:
         if job.get("messages") is not None:
@@ -83,6 +106,7 @@ class _ModelReplica:
             if "finish_reason" in chunk:
                 self.tokens.inc(chunk["tokens"])
                 self.rows.observe(chunk["rows_per_forward"])
+                self._export_counters()
             yield chunk
 
 
@@ -109,6 +133,13 @@ class StudentComplete(_ModelReplica):
 
     def __init__(self, spec: ServedModel, sampling_seed: int = 0):
         super().__init__(spec, sampling_seed + 1)
+
+    async def prefill_ahead(self, job: dict) -> None:
+        """Prefill the job's prompt (without guidance) into the prefix cache, while the teacher writes the
+        guidance: the `complete` call that follows prefills only the guidance. It saves the work only
+        when that call reaches this replica (always, with one replica)."""
+        await self.loop.prefill_ahead(self.prompt_ids(job))
+        self._export_counters()
 
     async def complete(self, job: dict):
         """Stream the continuation of prompt + job["guidance"]: {"text": delta} chunks, the last one

@@ -321,7 +321,9 @@ class GKTServer:
         started = time.perf_counter()
         info = {"guidance": "", "guidance_tokens": 0, "student_tokens": 0, "teacher_rows_per_forward": 0.0,
                 "student_rows_per_forward": 0.0}
-        finish = None
+        finish, ahead = None, None
+        if 0 < k < max_tokens and self.cfg.prefill_ahead:
+            ahead = self.student.prefill_ahead.remote(job)  # the student's prefill overlaps the teacher's guidance
         if k > 0:
             guide = await self.teacher.guide.remote({**job, "max_new": k})
             self.guidance_tokens.inc(guide["tokens"])
@@ -338,6 +340,9 @@ class GKTServer:
                 if "finish_reason" in chunk:
                     finish = chunk["finish_reason"]
                     info.update(student_tokens=chunk["tokens"], student_rows_per_forward=chunk["rows_per_forward"])
+        if ahead is not None:
+            with contextlib.suppress(*UNAVAILABLE_ERRORS):  # only a saving: a lost replica's answer is the student's own call
+                await ahead
         mode = "student" if k == 0 else "teacher" if k >= max_tokens else "gkt"
         self.answer_latency.observe(1000 * (time.perf_counter() - started), tags={"mode": mode})
         yield {**info, "finish_reason": finish or "length",

@@ -78,6 +78,7 @@ class ServedModel(ModelConfig):
     max_batch_size: int = 32  # rows in a replica's running decode batch; more requests wait for a row to free
     prefill_budget: int = 512  # prompt tokens a replica prefills per step (the first newcomer always gets in)
     max_queued_requests: int = -1  # Serve's queue in front of the replicas; past it a request gets a 503 (-1: no limit)
+    prefix_cache_tokens: int = 4096  # KV of recent prompt prefixes a replica keeps for reuse, LRU, in tokens (0: no prefix cache)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class ServeConfig:
     api_key_env: str = "STUDYHALL_API_KEY"  # when this variable is set, requests need "Authorization: Bearer <it>"
     sampling_seed: int = 0  # the random stream of a sampled request that gives no seed of its own
     retry_after_s: int = 10  # the Retry-After of a 503 (a replica lost mid-request): about a replica's start time
+    prefill_ahead: bool = True  # the student prefills the prompt into its prefix cache while the teacher writes the guidance
 
 
 METHODS = ("sft", "kd", "seqkd", "gkd", "skd", "distillm", "switch", "adaswitch")
@@ -354,6 +356,7 @@ def _serve_checks(v: ServeConfig) -> list:
             (m.num_replicas >= 1, f"serve.{role}.num_replicas={m.num_replicas}: must be >= 1"),
             (m.max_batch_size >= 1, f"serve.{role}.max_batch_size={m.max_batch_size}: must be >= 1"),
             (m.prefill_budget >= 1, f"serve.{role}.prefill_budget={m.prefill_budget}: must be >= 1"),
+            (m.prefix_cache_tokens >= 0, f"serve.{role}.prefix_cache_tokens={m.prefix_cache_tokens}: must be >= 0 (0: no prefix cache)"),
             (m.max_queued_requests == -1 or m.max_queued_requests >= 1,
              f"serve.{role}.max_queued_requests={m.max_queued_requests}: must be -1 (no limit) or >= 1"),
             (_autoscaling_error(m.autoscaling_config) is None,

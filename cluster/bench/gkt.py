@@ -28,7 +28,7 @@ from ray import serve
 
 from actors.models import load_model, load_tokenizer, pick_device
 from serve.app import APP_NAME, start
-from serve.decoding import RunningBatch, Sampling, chat_prefix
+from serve.decoding import RunningBatch, Sampling, prefix_cache
 from serve.load import drive
 from studyhall.config import load_config
 from studyhall.prompts import embedded_messages, render
@@ -133,7 +133,7 @@ def load_side(cfg) -> dict:
     for role, spec in (("teacher", cfg.serve.guide), ("student", cfg.serve.complete)):
         device = pick_device(spec)
         side[role] = (load_model(spec, device), load_tokenizer(spec.path, spec.trust_remote_code), device,
-                      max(1, round(spec.num_cpus)))
+                      max(1, round(spec.num_cpus)), spec.prefix_cache_tokens)
     return side
 
 
@@ -144,11 +144,13 @@ def measure_ideal(side: dict, messages: list[list[dict]], batch: int, max_tokens
     chunks = [messages[i * batch:(i + 1) * batch] for i in range(IDEAL_ROUNDS)]
 
     def generate(role: str, texts: list[str], n: int) -> tuple[list[str], float]:
-        model, tokenizer, device, threads = side[role]
+        model, tokenizer, device, threads, _ = side[role]
         torch.set_num_threads(threads)
         prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         started = time.perf_counter()
-        decoder = RunningBatch(model, device, None, prefixes[role])  # as the replicas prefill: the chat prefix once
+        if prefixes[role] is not None:
+            prefixes[role].clear()  # the chat template's opening only: these prompts ran before
+        decoder = RunningBatch(model, device, None, prefixes[role])
         decoder.join([(row, prompt, Sampling()) for row, prompt in enumerate(prompts)])
         ids = [[] for _ in texts]
         for _ in range(n):
@@ -161,7 +163,7 @@ def measure_ideal(side: dict, messages: list[list[dict]], batch: int, max_tokens
         tokenizer = side[role][1]
         return [render(tokenizer, m) + (suffixes[i] if suffixes else "") for i, m in enumerate(chunk)]
 
-    prefixes = {role: chat_prefix(model, device, tokenizer) for role, (model, tokenizer, device, _) in side.items()}
+    prefixes = {role: prefix_cache(model, device, tokenizer, capacity) for role, (model, tokenizer, device, _, capacity) in side.items()}
     generate("teacher", rendered("teacher", chunks[0][:1]), 2)  # warm-up: first forwards pay one-off costs
     generate("student", rendered("student", chunks[0][:1]), 2)
     teacher_s = gkt_s = teacher_part_s = student_part_s = 0.0

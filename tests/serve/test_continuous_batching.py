@@ -5,7 +5,6 @@ import asyncio
 import pytest
 import torch
 
-from actors.kv_batch import SharedPrefix
 from actors.models import load_model
 from serve.decode_loop import DecodeLoop, LoopStopped
 from serve.decoding import RowOutput, RunningBatch, Sampling
@@ -145,28 +144,3 @@ def test_a_failed_step_fails_every_request_and_the_health_probe(teacher, tiny_to
 
     failed = asyncio.run(main())
     assert all(isinstance(f, LoopStopped) and "device lost" in str(f) for f in failed)
-
-
-def test_a_shared_prefix_prefilled_once_changes_no_row(teacher, tiny_tokenizer):
-    """Rows that start with the shared prefix copy its keys and values and prefill only the rest; rows
-    that do not (or are the prefix alone) prefill in full. Each row's greedy tokens equal its tokens
-    served alone without any prefix, exactly, and the prefix's tokens are not run again."""
-    prefix_ids = tiny_tokenizer("You are a helpful assistant. The user asks:")["input_ids"]
-    shared = SharedPrefix(teacher, torch.device("cpu"), prefix_ids)
-    prompts = [prefix_ids + tiny_tokenizer(" Name a color.")["input_ids"],
-               tiny_tokenizer("No prefix here at all, just words.")["input_ids"],
-               prefix_ids + tiny_tokenizer(" A much longer question about cats, dogs and birds?")["input_ids"],
-               prefix_ids + tiny_tokenizer("!")["input_ids"][:1],  # the prefix and one (pending) token
-               list(prefix_ids)]  # the prefix alone: nothing past it to be pending, so a full prefill
-    assert [shared.starts(p) for p in prompts] == [True, False, True, True, False]
-    batch = RunningBatch(teacher, torch.device("cpu"), None, shared)
-    got = {row: [] for row in range(len(prompts))}
-    for step in range(10):
-        if step in (0, 4):  # two joins: the second merges into a running cache
-            batch.join([(row, prompts[row], Sampling(temperature=0.0)) for row in ((0, 1, 2) if step == 0 else (3, 4))])
-        for row, token in batch.step().items():
-            got[row].append(token)
-    for row, prompt in enumerate(prompts):
-        n = len(got[row])
-        assert n >= 6 and got[row] == _alone(teacher, prompt, n), f"row {row} changed by the shared prefix"
-    assert batch.prefill_tokens == sum(len(p) - 1 for p in prompts) - 3 * len(prefix_ids)

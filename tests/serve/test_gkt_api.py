@@ -127,6 +127,45 @@ def test_a_seed_gives_the_same_sampled_answer_whatever_runs_beside_it(client):
     assert beside.result() == alone and ask(0, seed=43) != alone
 
 
+def _stats() -> dict:
+    from ray import serve
+
+    from serve.app import APP_NAME
+    return {role: serve.get_deployment_handle(name, app_name=APP_NAME).stats.remote().result()
+            for role, name in (("teacher", "TeacherGuide"), ("student", "StudentComplete"))}
+
+
+def _grew(before: dict, after: dict, role: str) -> dict:
+    b, a = before[role], after[role]
+    return {"prefill_tokens": a["prefill_tokens"] - b["prefill_tokens"],
+            **{k: a["prefix_cache"][k] - b["prefix_cache"][k] for k in ("lookups", "hits", "tokens_reused")}}
+
+
+def test_the_prefix_cache_and_prefill_ahead_through_the_server(client):
+    """The student prefills the prompt while the teacher writes the guidance, so the completion reuses
+    all of it; the same request again costs the teacher no prefill at all, and answers the same."""
+    messages = [{"role": "user", "content": "Explain in plain words why a shared system prompt should be computed "
+                                            "once and then reused by every request that starts with it."}]
+
+    def ask():
+        return client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0,
+                                              extra_body={"guidance_tokens": 3, **EXACT}).choices[0].message.content
+
+    before = _stats()
+    first = ask()
+    middle = _stats()
+    second = ask()
+    after = _stats()
+    teacher, student = _grew(before, middle, "teacher"), _grew(before, middle, "student")
+    prompt = teacher["prefill_tokens"] + teacher["tokens_reused"]  # the prompt's tokens less its pending one
+    template = middle["teacher"]["prefix_cache"]["pinned_tokens"]
+    assert teacher["hits"] == 1 and teacher["tokens_reused"] == template > 0  # a new prompt: the chat template only
+    assert student["lookups"] == 2 and student["tokens_reused"] >= prompt  # ahead (template) + completion (the prompt)
+    assert student["prefill_tokens"] <= prompt - template + 3 + 2  # the prompt once, the guidance, the seam
+    again = _grew(middle, after, "teacher")
+    assert again["prefill_tokens"] == 0 and again["tokens_reused"] == prompt and second == first
+
+
 def test_api_key(url):
     body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
     for key in (None, "wrong-key"):
