@@ -16,6 +16,7 @@ from actors.prefix_cache import MIN_REUSE, PrefixCache
 from studyhall.distill_math import divergence_logprobs, sample
 from studyhall.prompts import render
 
+
 def prefix_cache(model, device, tokenizer, capacity_tokens: int) -> PrefixCache | None:
     """A replica's prefix cache (None when `capacity_tokens` is 0), with what every chat prompt starts
     with pinned in it: the template's system prompt and the user turn's opening, the tokens two
