@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     gb.add_argument("--preset", default="tiny")
     gb.add_argument("--out", required=True, help="JSON out; a Markdown table is written next to it")
     gb.add_argument("--requests", type=int, default=None, help="requests per mode and concurrency (default from preset)")
+    gb.add_argument("--in-flight", default="1,8,32,64", help="closed-loop levels: requests kept in flight, comma-separated")
     gb.add_argument("overrides", nargs="*", help="key=value, e.g. serve.guidance_tokens=8 serve.default_max_tokens=32")
     bl = bench_sub.add_parser("load", help="GKT serving under load: the async openai client, N requests, C in flight; "
                                            "errors by type, latency and time-to-first-token percentiles, requests/s, tokens/s")
@@ -70,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     bl.add_argument("--stream", action="store_true", help="stream the answers (server-sent events) and time the first token")
     bl.add_argument("--url", default=None, help="load a server that is already up (e.g. http://127.0.0.1:8000) instead of starting one")
     bl.add_argument("--no-progress", action="store_true")
+    bl.add_argument("--rates", default=None, help="open loop instead: Poisson arrivals at each of these rates (requests/s, "
+                                                   "comma-separated), --requests per rate and mode, streamed")
+    bl.add_argument("--modes", default="gkt,teacher", help="with --rates: gkt | teacher | student, comma-separated")
+    bl.add_argument("--p99-bound-s", type=float, default=30.0, help="with --rates: a rate is held when p99 latency is within this")
+    bl.add_argument("--max-tokens", type=int, default=None, help="with --rates: max_tokens of each request (default: the preset's)")
     bl.add_argument("overrides", nargs="*", help="key=value, e.g. serve.default_max_tokens=16 serve.guidance_tokens=4")
 
     srv = sub.add_parser("serve", help="GKT serving on Ray Serve with an OpenAI-compatible API (blocks; Ctrl-C stops)")
@@ -173,7 +179,14 @@ def main(argv=None) -> int:
         if args.command == "bench" and args.bench == "gkt":
             from cluster.bench.gkt import run_bench as run_gkt_bench
 
-            result = run_gkt_bench(args.preset, args.out, args.requests, args.overrides)
+            result = run_gkt_bench(args.preset, args.out, args.requests, args.overrides, _levels(args.in_flight))
+            print(result["table"])
+            return 0
+        if args.command == "bench" and args.bench == "load" and args.rates is not None:
+            from cluster.bench.open_loop import run_open_loop
+
+            result = run_open_loop(args.preset, args.out, _rates(args.rates), args.requests, args.modes.split(","),
+                                   args.p99_bound_s, args.overrides, url=args.url, max_tokens=args.max_tokens)
             print(result["table"])
             return 0
         if args.command == "bench" and args.bench == "load":
@@ -279,6 +292,20 @@ def _generate(args) -> int:
         with open(args.summary, "w") as f:
             json.dump(summary, f, indent=2)
     return 0
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--in-flight {text}: comma-separated whole numbers, e.g. 1,8,32,64") from None
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        return [float(r) for r in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--rates {text}: comma-separated numbers of requests/s, e.g. 0.5,1,2") from None
 
 
 if __name__ == "__main__":

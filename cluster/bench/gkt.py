@@ -30,7 +30,7 @@ from actors.models import load_model, load_tokenizer, pick_device
 from serve.app import APP_NAME, start
 from serve.decoding import RunningBatch, Sampling, prefix_cache
 from serve.load import drive
-from studyhall.config import load_config
+from studyhall.config import ConfigError, load_config
 from studyhall.prompts import embedded_messages, render
 
 CONCURRENCY = (1, 8, 32, 64)
@@ -44,13 +44,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_bench(preset: str, out: str, requests: int | None, overrides: list[str]) -> dict:
+def run_bench(preset: str, out: str, requests: int | None, overrides: list[str], in_flight: tuple = CONCURRENCY) -> dict:
+    if not in_flight or any(c < 1 for c in in_flight):
+        raise ConfigError(f"--in-flight {','.join(map(str, in_flight))}: every level must be >= 1")
     defaults = DEFAULTS.get(preset, DEFAULTS["tiny"])
     cfg = load_config(preset, [f"serve.default_max_tokens={defaults['max_tokens']}", *overrides, f"serve.port={free_port()}"])
     v = cfg.serve
     max_tokens, k = v.default_max_tokens, min(v.guidance_tokens, v.default_max_tokens)
-    messages = embedded_messages(max(CONCURRENCY) * 2)
-    batch_sizes = sorted({min(c, v.guide.max_batch_size, v.complete.max_batch_size) for c in CONCURRENCY})
+    messages = embedded_messages(max(in_flight) * 2)
+    batch_sizes = sorted({min(c, v.guide.max_batch_size, v.complete.max_batch_size) for c in in_flight})
     log(f"bench gkt: in-process ideal at batch sizes {batch_sizes} (k={k}, max_tokens={max_tokens})")
     side = load_side(cfg)
     ideal = {b: measure_ideal(side, messages, b, max_tokens, k) for b in batch_sizes}
@@ -61,7 +63,9 @@ def run_bench(preset: str, out: str, requests: int | None, overrides: list[str])
     url = start(cfg)
     log(f"bench gkt: serving at {url}")
     modes = {"gkt": k, "teacher": max_tokens, "student": 0}
-    result = {"preset": preset, "teacher": v.guide.path, "student": v.complete.path, "k": k, "max_tokens": max_tokens,
+    result = {"preset": preset, "overrides": list(overrides), "teacher": v.guide.path, "student": v.complete.path, "k": k,
+              "max_tokens": max_tokens, "prefill_ahead": v.prefill_ahead,
+              "prefix_cache_tokens": {"teacher": v.guide.prefix_cache_tokens, "student": v.complete.prefix_cache_tokens},
               "max_batch_size": {"teacher": v.guide.max_batch_size, "student": v.complete.max_batch_size},
               "ms_per_step": {str(b): ideal[b]["ms_per_step"] for b in batch_sizes},
               "teacher_student_cost_ratio": {str(b): ideal[b]["cost_ratio"] for b in batch_sizes},
@@ -71,10 +75,11 @@ def run_bench(preset: str, out: str, requests: int | None, overrides: list[str])
     try:
         for mode, guidance in modes.items():  # warm-up: first calls pay one-off costs
             drive(f"{url}/v1/chat/completions", [_body(v.model_name, messages[i], max_tokens, guidance) for i in range(2)], 2, 60)
-        for concurrency in CONCURRENCY:
+        for concurrency in in_flight:
             n = requests or max(8, 2 * concurrency)
             for mode, guidance in modes.items():
                 bodies = [_body(v.model_name, messages[i % len(messages)], max_tokens, guidance) for i in range(n)]
+                reset_prefix_caches()  # a cold cache: no reuse of an earlier run's prompts
                 before = replica_stats()
                 run = drive(f"{url}/v1/chat/completions", bodies, concurrency, defaults["budget_s"])
                 after = replica_stats()
@@ -83,10 +88,12 @@ def run_bench(preset: str, out: str, requests: int | None, overrides: list[str])
                 run["teacher_tokens_per_request"] = _mean(r["gkt"]["guidance_tokens"] for r in answered)
                 for role, spec in (("teacher", v.guide), ("student", v.complete)):
                     run[role] = batching(before[role], after[role], concurrency, spec.max_batch_size)
+                    run[role]["prefill_tokens_per_request"] = round((after[role]["prefill_tokens"] - before[role]["prefill_tokens"]) / max(1, run["ok"]), 1)
                 result["modes"][mode][str(concurrency)] = run
                 log(f"bench gkt: {mode:8s} x{concurrency:<2d} {run['rps']:7.3f} rps  p50 {run['p50_ms']} ms  "
                     f"p99 {run['p99_ms']} ms  errors {run['errors']}  rows/forward teacher "
-                    f"{run['teacher']['mean_rows_per_forward']} student {run['student']['mean_rows_per_forward']}")
+                    f"{run['teacher']['mean_rows_per_forward']} student {run['student']['mean_rows_per_forward']}  prefill tokens/request "
+                    f"teacher {run['teacher']['prefill_tokens_per_request']} student {run['student']['prefill_tokens_per_request']}")
             c = str(concurrency)
             b = min(concurrency, v.guide.max_batch_size, v.complete.max_batch_size)
             teacher_rps = result["modes"]["teacher"][c]["rps"]
@@ -97,7 +104,7 @@ def run_bench(preset: str, out: str, requests: int | None, overrides: list[str])
     finally:
         serve.shutdown()
     result["goal_at_8_in_flight"] = {"target_fraction": 0.85, "measured_fraction": result["fraction_of_ideal"].get("8"),
-                                     "met": (result["fraction_of_ideal"].get("8") or 0) >= 0.85}
+                                     "met": (result["fraction_of_ideal"].get("8") or 0) >= 0.85} if 8 in in_flight else None
     teacher_alone = {c: run["teacher"] for c, run in result["modes"]["teacher"].items()}
     result["goal_teacher_rows"] = {  # in teacher-alone mode every request in flight is at the teacher
         c: {"mean_rows_per_forward": t["mean_rows_per_forward"], "target": t["target_rows"],
@@ -107,6 +114,12 @@ def run_bench(preset: str, out: str, requests: int | None, overrides: list[str])
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     Path(out).with_suffix(".md").write_text(result["table"] + "\n")
     return result
+
+
+def reset_prefix_caches() -> None:
+    """Both model deployments drop their cached prefixes (the pinned chat template stays): each run starts cold."""
+    for name in ("TeacherGuide", "StudentComplete"):
+        serve.get_deployment_handle(name, app_name=APP_NAME).reset_prefix_cache.remote().result()
 
 
 def replica_stats() -> dict:
@@ -187,12 +200,14 @@ def measure_ideal(side: dict, messages: list[list[dict]], batch: int, max_tokens
 def markdown(r: dict) -> str:
     lines = [f"GKT bench, preset {r['preset']}: teacher {r['teacher']}, student {r['student']}, "
              f"k={r['k']}, max_tokens={r['max_tokens']} (every answer exactly max_tokens)", "",
-             "| mode | in flight | rps | p50 ms | p99 ms | errors | requests | teacher rows/forward | student rows/forward |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| mode | in flight | rps | p50 ms | p99 ms | errors | requests | teacher rows/forward | student rows/forward "
+             "| prefill tokens/request (teacher; student) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, runs in r["modes"].items():
         for c, run in runs.items():
             lines.append(f"| {mode} | {c} | {run['rps']} | {run['p50_ms']} | {run['p99_ms']} | {run['errors']} | {run['sent']} "
-                         f"| {run['teacher']['mean_rows_per_forward']} | {run['student']['mean_rows_per_forward']} |")
+                         f"| {run['teacher']['mean_rows_per_forward']} | {run['student']['mean_rows_per_forward']} "
+                         f"| {run['teacher']['prefill_tokens_per_request']}; {run['student']['prefill_tokens_per_request']} |")
     lines += ["", "| in flight | speedup_vs_teacher | ideal_speedup | fraction of ideal |", "|---|---|---|---|"]
     for c in r["speedup_vs_teacher"]:
         lines.append(f"| {c} | {r['speedup_vs_teacher'][c]} | {r['ideal_speedup'][c]} | {r['fraction_of_ideal'].get(c)} |")

@@ -18,19 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import openai
 import ray
 from ray import serve
 from tqdm import tqdm
 
+from cluster.bench.chat_requests import async_client, one_chat, percentiles, served_model
 from cluster.bench.gkt import free_port
 from serve.app import start
 from studyhall.config import ConfigError, load_config
 from studyhall.prompts import embedded_messages
 
 WARMUP = 2  # requests before timing: first calls pay one-off costs
-REQUEST_TIMEOUT_S = 600.0
 
 
 def run_bench(preset: str, out: str, requests: int, concurrency: int, stream: bool, overrides: list[str],
@@ -68,21 +66,17 @@ def run_bench(preset: str, out: str, requests: int, concurrency: int, stream: bo
 async def _drive(base_url: str, key: str, messages: list, requests: int, concurrency: int, stream: bool,
                  progress: bool) -> tuple[list[dict], float, dict]:
     """Every request's record, the wall time of the timed part, and what the server says it serves."""
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=REQUEST_TIMEOUT_S)
+    client = async_client(base_url, key)
     try:
-        try:
-            card = (await client.models.list()).data[0]
-        except openai.APIError as err:  # nothing there, or not this API, or a wrong key: say so in one line
-            raise ConfigError(f"{base_url}/models: {type(err).__name__}: {err}") from None
-        model = card.id
-        served = {"model": model, **{k: (card.model_extra or {}).get(k) for k in ("teacher", "student", "default_guidance_tokens")}}
-        await asyncio.gather(*(_one(client, model, messages[i % len(messages)], stream) for i in range(WARMUP)))
+        served = await served_model(client, base_url)
+        model = served["model"]
+        await asyncio.gather(*(one_chat(client, model, messages[i % len(messages)], stream) for i in range(WARMUP)))
         records: list[dict | None] = [None] * requests
         queue = iter(range(requests))
         with tqdm(total=requests, desc="bench load", unit="req", disable=not progress, file=sys.stderr) as bar:
             async def worker():
                 for i in queue:  # one shared iterator: each request is taken once
-                    records[i] = await _one(client, model, messages[i % len(messages)], stream)
+                    records[i] = await one_chat(client, model, messages[i % len(messages)], stream)
                     bar.update(1)
                     if records[i]["error"]:
                         bar.set_postfix(errors=sum(1 for r in records if r and r["error"]))
@@ -93,34 +87,6 @@ async def _drive(base_url: str, key: str, messages: list, requests: int, concurr
     finally:
         await client.close()
     return records, wall_s, served
-
-
-async def _one(client: openai.AsyncOpenAI, model: str, messages: list[dict], stream: bool) -> dict:
-    """One chat request: {error (type name or None), latency_s, ttft_s (streams), tokens, finish_reason}."""
-    record = {"error": None, "latency_s": None, "ttft_s": None, "tokens": 0, "finish_reason": None}
-    started = time.perf_counter()
-    try:
-        if stream:
-            chunks = await client.chat.completions.create(model=model, messages=messages, stream=True,
-                                                          stream_options={"include_usage": True})
-            async for chunk in chunks:
-                if chunk.choices and record["ttft_s"] is None and chunk.choices[0].delta.content:
-                    record["ttft_s"] = time.perf_counter() - started
-                if chunk.choices and chunk.choices[0].finish_reason:
-                    record["finish_reason"] = chunk.choices[0].finish_reason
-                if chunk.usage:
-                    record["tokens"] = chunk.usage.completion_tokens
-            if record["finish_reason"] is None:
-                record["error"] = "IncompleteStream"  # ended without a finish_reason: the answer was cut off
-        else:
-            answer = await client.chat.completions.create(model=model, messages=messages)
-            record["tokens"], record["finish_reason"] = answer.usage.completion_tokens, answer.choices[0].finish_reason
-    except openai.APIStatusError as err:
-        record["error"] = f"{type(err).__name__} ({err.status_code})"
-    except openai.APIError as err:  # timeouts, refused connections, an error event inside a stream
-        record["error"] = type(err).__name__
-    record["latency_s"] = time.perf_counter() - started
-    return record
 
 
 def summarize(records: list[dict], wall_s: float, settings: dict) -> dict:
@@ -141,16 +107,7 @@ def summarize(records: list[dict], wall_s: float, settings: dict) -> dict:
         "requests_per_s": round(len(ok) / wall_s, 3) if wall_s > 0 else None,
         "completion_tokens": tokens,
         "tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else None,
-        "latency_ms": _percentiles([r["latency_s"] for r in ok]),
-        "ttft_ms": _percentiles([r["ttft_s"] for r in ok if r["ttft_s"] is not None]) if settings["stream"] else None,
+        "latency_ms": percentiles([r["latency_s"] for r in ok]),
+        "ttft_ms": percentiles([r["ttft_s"] for r in ok if r["ttft_s"] is not None]) if settings["stream"] else None,
         "finish_reasons": finish,
     }
-
-
-def _percentiles(seconds: list[float]) -> dict | None:
-    if not seconds:
-        return None
-    ms = 1000 * np.asarray(seconds)
-    return {"p50": round(float(np.percentile(ms, 50)), 1), "p90": round(float(np.percentile(ms, 90)), 1),
-            "p99": round(float(np.percentile(ms, 99)), 1), "mean": round(float(ms.mean()), 1), "max": round(float(ms.max()), 1),
-            "n": len(ms)}

@@ -34,3 +34,14 @@ def test_bad_counts_are_one_line_before_anything_starts(tmp_path, capsys, flag, 
     err = capsys.readouterr().err.strip()
     assert err == f"studyhall: error: {flag} {value}: must be >= 1"
     assert not (tmp_path / "load.json").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rates", "0,1"], "--rates 0.0,1.0: every rate must be > 0 requests/s"),
+    (["--rates", "fast"], "--rates fast: comma-separated numbers of requests/s, e.g. 0.5,1,2"),
+    (["--rates", "1", "--modes", "gkt,both"], "--modes gkt,both: both is not one of gkt, teacher, student"),
+])
+def test_bad_open_loop_settings_are_one_line_before_anything_starts(tmp_path, capsys, args, message):
+    assert main(["bench", "load", "--out", str(tmp_path / "open.json"), *args]) == 2
+    assert capsys.readouterr().err.strip() == f"studyhall: error: {message}"
+    assert not (tmp_path / "open.json").exists()
