@@ -90,21 +90,26 @@ class CachedBatch:
         return sum(len(p) - 1 - k for p, k in zip(prompts, skip))
 
     def _start_from_prefixes(self, matches: list[tuple]) -> None:
-        """Each row's cached prefix in its first columns, right-aligned to the longest (rows without one: none)."""
+        """Each row's cached prefix in its first columns, right-aligned to the longest (rows without one:
+        none). Rows that reuse the same entry to the same length (most often the chat template) are
+        copied in one go."""
         rows, width = len(matches), max(n for _, n in matches)
+        same: dict[tuple, tuple] = {}
+        for row, (layers, n) in enumerate(matches):
+            if n:
+                same.setdefault((id(layers), n), (layers, n, []))[2].append(row)
         self.valid = torch.zeros(rows, width, dtype=torch.bool, device=self.device)
-        first = next(layers for layers, n in matches if n)
-        for index, (keys, values) in enumerate(first):
+        for index, (keys, values) in enumerate(next(iter(same.values()))[0]):
             shape = (rows, keys.shape[1], width, keys.shape[3])
             k_all = torch.zeros(shape, dtype=keys.dtype, device=keys.device)
             v_all = torch.zeros(shape, dtype=values.dtype, device=values.device)
-            for row, (layers, n) in enumerate(matches):
-                if n:
-                    k_all[row, :, width - n:] = layers[index][0][0]
-                    v_all[row, :, width - n:] = layers[index][1][0]
+            for layers, n, members in same.values():
+                at = torch.tensor(members, device=keys.device)
+                k_all[at, :, width - n:] = layers[index][0][:, :, :n]
+                v_all[at, :, width - n:] = layers[index][1][:, :, :n]
             self.cache.update(k_all, v_all, index)
-        for row, (_, n) in enumerate(matches):
-            self.valid[row, width - n:] = n > 0
+        for layers, n, members in same.values():
+            self.valid[members, width - n:] = True
         self.length = self.valid.sum(1)
 
     @torch.no_grad()

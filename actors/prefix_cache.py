@@ -38,9 +38,10 @@ class PrefixCache:
         self._add(np.asarray(tokens, dtype=np.int64), [(layer.keys, layer.values) for layer in cache.layers], pinned=True)
 
     def match(self, prompt: list[int], count: bool = False) -> tuple[list | None, int]:
-        """(per-layer keys and values of the first n tokens, n) for the longest reusable prefix of
-        `prompt`, or (None, 0). At least the prompt's last token is left to run (it becomes pending).
-        `count` records the lookup in the counters (a real prefill, not a cost estimate)."""
+        """(an entry's per-layer keys and values, n) for the longest reusable prefix of `prompt`: its
+        first n columns are the prompt's first n tokens. (None, 0) when none is worth reusing. At least
+        the prompt's last token is left to run (it becomes pending). `count` records the lookup in the
+        counters (a real prefill, not a cost estimate)."""
         ids = np.asarray(prompt, dtype=np.int64)
         limit = len(ids) - 1
         best, best_n, best_len = None, 0, 0
@@ -61,7 +62,7 @@ class PrefixCache:
             return None, 0
         if count:
             self.entries.move_to_end(best)
-        return [(k[:, :, :best_n], v[:, :, :best_n]) for k, v in self.entries[best].layers], best_n
+        return self.entries[best].layers, best_n
 
     def insert(self, tokens: list[int], layers: list) -> None:
         """Keep these tokens' keys and values (one row, already copied out of any batch cache)."""
