@@ -105,7 +105,8 @@ class DecodeLoop:
     def stats(self) -> dict:
         b = self.batch
         return {"forwards": b.forwards, "rows_forwarded": b.rows_forwarded, "prefills": b.prefills,
-                "prefill_tokens": b.prefill_tokens, "waiting_at_step": self.waiting_at_step,
+                "prefill_tokens": b.prefill_tokens, "prefill_ahead_tokens": b.prefill_ahead_tokens,
+                "waiting_at_step": self.waiting_at_step,
                 "prefix_cache": b.prefixes.stats() if b.prefixes is not None else None,
                 "mean_rows_per_forward": round(b.rows_forwarded / b.forwards, 3) if b.forwards else 0.0,
                 "running": len(self.running), "waiting": len(self.waiting), "max_batch_size": self.max_batch_size}

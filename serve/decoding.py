@@ -57,6 +57,7 @@ class RunningBatch:
         self.joined_at: dict = {}
         self._leaving: set = set()
         self.forwards = self.rows_forwarded = self.prefills = self.prefill_tokens = 0
+        self.prefill_ahead_tokens = 0  # the part of prefill_tokens run ahead of a request (prefill_ahead)
 
     def __len__(self) -> int:
         return len(self.keys) - len(self._leaving)
@@ -77,7 +78,9 @@ class RunningBatch:
         with one of them as its start prefills just the rest. Without a prefix cache, nothing to do."""
         if self.prefixes is None or not prompts:
             return
-        self.prefill_tokens += CachedBatch(self.model, self.batch.device, self.prefixes).start([p + [0] for p in prompts])  # all of p
+        ran = CachedBatch(self.model, self.batch.device, self.prefixes).start([p + [0] for p in prompts])  # all of p
+        self.prefill_tokens += ran
+        self.prefill_ahead_tokens += ran
         self.prefills += 1
 
     def prefill_cost(self, prompt: list[int]) -> int:

@@ -78,7 +78,7 @@ class ServedModel(ModelConfig):
     max_batch_size: int = 32  # rows in a replica's running decode batch; more requests wait for a row to free
     prefill_budget: int = 512  # prompt tokens a replica prefills per step (the first newcomer always gets in)
     max_queued_requests: int = -1  # Serve's queue in front of the replicas; past it a request gets a 503 (-1: no limit)
-    prefix_cache_tokens: int = 4096  # KV of recent prompt prefixes a replica keeps for reuse, LRU, in tokens (0: no prefix cache)
+    prefix_cache_tokens: int = 8192  # KV of recent prompt prefixes a replica keeps for reuse, LRU, in tokens (0: no prefix cache)
 
 
 @dataclass

@@ -88,7 +88,8 @@ def run_bench(preset: str, out: str, requests: int | None, overrides: list[str],
                 run["teacher_tokens_per_request"] = _mean(r["gkt"]["guidance_tokens"] for r in answered)
                 for role, spec in (("teacher", v.guide), ("student", v.complete)):
                     run[role] = batching(before[role], after[role], concurrency, spec.max_batch_size)
-                    run[role]["prefill_tokens_per_request"] = round((after[role]["prefill_tokens"] - before[role]["prefill_tokens"]) / max(1, run["ok"]), 1)
+                    for key in ("prefill_tokens", "prefill_ahead_tokens"):  # all prefilled; the part run ahead of the request
+                        run[role][f"{key}_per_request"] = round((after[role][key] - before[role][key]) / max(1, run["ok"]), 1)
                 result["modes"][mode][str(concurrency)] = run
                 log(f"bench gkt: {mode:8s} x{concurrency:<2d} {run['rps']:7.3f} rps  p50 {run['p50_ms']} ms  "
                     f"p99 {run['p99_ms']} ms  errors {run['errors']}  rows/forward teacher "

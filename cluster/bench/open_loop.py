@@ -158,6 +158,7 @@ def prefill_per_request(before: dict, after: dict, requests: int) -> dict:
         return a[key] - b[key]
 
     return {"prefill_tokens_per_request": {role: round(grew(role, "prefill_tokens") / requests, 1) for role in before},
+            "prefill_ahead_tokens_per_request": {role: round(grew(role, "prefill_ahead_tokens") / requests, 1) for role in before},
             "prefix_tokens_reused_per_request": {role: round(grew(role, "tokens_reused", cache=True) / requests, 1) for role in before}}
 
 

@@ -125,8 +125,9 @@ def test_prefill_ahead_leaves_only_the_guidance_to_prefill(teacher, ids, tiny_to
 
     after_ahead, after, answer = asyncio.run(main())
     assert after_ahead["running"] == 0 and after_ahead["forwards"] == 0  # nothing decoded, no row joined
-    assert after_ahead["prefill_tokens"] == len(prompt) - len(system)
+    assert after_ahead["prefill_tokens"] == after_ahead["prefill_ahead_tokens"] == len(prompt) - len(system)
     assert after["prefill_tokens"] - after_ahead["prefill_tokens"] == len(guidance) - 1
+    assert after["prefill_ahead_tokens"] == after_ahead["prefill_ahead_tokens"]
     assert after["prefix_cache"]["tokens_reused"] == len(system) + len(prompt)
     assert answer == _alone(teacher, prompt + guidance, 8, Sampling(temperature=0.0))
 
