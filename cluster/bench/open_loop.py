@@ -1,6 +1,7 @@
 """`studyhall bench load --rates R1,R2,...`: open-loop load, as traffic arrives, not as clients wait.
 
-Requests arrive as a Poisson process at each set rate (exponential gaps, seeded), whether or not the
+Requests arrive as a Poisson process at each set rate (seeded; every mode gets the same arrival
+times at a rate), whether or not the
 earlier ones are answered, so a server that falls behind builds a queue instead of slowing its
 clients down (a closed loop hides that, and moves its clients in a convoy). Each request is a chat
 on the next embedded prompt, streamed; answers end where the models end them (EOS, or max_tokens),
@@ -36,8 +37,10 @@ WARMUP = 2
 
 
 def poisson_arrivals(rate: float, count: int, seed: int) -> np.ndarray:
-    """Send times in seconds from the start: the sums of exponential gaps with mean 1/rate."""
-    return np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=count))
+    """Send times in seconds from the start: a Poisson process at `rate` given `count` arrivals in
+    count / rate seconds, i.e. sorted uniform draws over that span. Gaps are exponential-like (bursts
+    and lulls) but a short run offers exactly the set rate, not a sample's 20% more or less."""
+    return np.sort(np.random.default_rng(seed).uniform(0.0, count / rate, size=count))
 
 
 async def drive_open_loop(client, model: str, messages: list, arrivals: np.ndarray, extra: dict) -> tuple[list[dict], float]:
@@ -130,16 +133,16 @@ async def _runs(base_url, key, messages, rates, requests, modes, max_tokens, see
         await asyncio.gather(*(one_chat(client, model, messages[-1 - i], True, extras[m]) for m in modes for i in range(WARMUP)))
         run = 0
         for mode in modes:
-            for rate in rates:
+            for r, rate in enumerate(rates):
                 prompts = [messages[(run * requests + i) % len(messages)] for i in range(requests)]
                 run += 1
-                if ours:
-                    reset_prefix_caches()
-                    before = replica_stats()
-                records, wall_s = await drive_open_loop(client, model, prompts, poisson_arrivals(rate, requests, seed + run), extras[mode])
+                if ours:  # Serve's blocking handle calls, off this event loop
+                    await asyncio.to_thread(reset_prefix_caches)
+                    before = await asyncio.to_thread(replica_stats)
+                records, wall_s = await drive_open_loop(client, model, prompts, poisson_arrivals(rate, requests, seed + r), extras[mode])
                 summary = summarize_rate(records, wall_s, rate)
                 if ours:
-                    summary.update(prefill_per_request(before, replica_stats(), requests))
+                    summary.update(prefill_per_request(before, await asyncio.to_thread(replica_stats), requests))
                 result["modes"][mode][str(rate)] = summary
                 lat, ttft = summary["latency_ms"] or {}, summary["ttft_ms"] or {}
                 print(f"bench load: {mode:8s} {rate:6.2f}/s  {summary['requests_per_s']} rps  p50 {lat.get('p50')} p99 {lat.get('p99')} ms  "

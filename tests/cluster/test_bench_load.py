@@ -56,3 +56,22 @@ def test_bench_load_streams_against_a_running_server(ray_local, tmp_path):
         assert result["settings"]["url"] == url and result["settings"]["default_guidance_tokens"] == 3
     finally:
         serve.shutdown()
+
+
+def test_open_loop_on_its_own_server_reports_every_rate_and_the_prefill(ray_local, tmp_path):
+    """Open loop through the CLI: each mode at each rate answers every request; the replicas' counters
+    give prefill tokens per request (the student's prompt prefilled ahead of the guidance in GKT)."""
+    out = tmp_path / "open.json"
+    assert main(["bench", "load", "--preset", "tiny", "--rates", "2,4", "--requests", "6", "--modes", "gkt,teacher",
+                 "--p99-bound-s", "60", "--out", str(out), *SMALL]) == 0
+    result = json.loads(out.read_text())
+    for mode in ("gkt", "teacher"):
+        for rate in ("2.0", "4.0"):
+            run = result["modes"][mode][rate]
+            assert run["ok"] == 6 and run["errors"] == 0 and run["sent_rate"] > 0
+            assert run["ttft_ms"]["p50"] <= run["latency_ms"]["p50"]
+            assert run["prefill_tokens_per_request"]["teacher"] > 0
+        assert result["highest_rate_held"][mode] == 4.0
+    gkt, teacher = result["modes"]["gkt"]["2.0"], result["modes"]["teacher"]["2.0"]
+    assert gkt["prefill_ahead_tokens_per_request"]["student"] > 0 and teacher["prefill_tokens_per_request"]["student"] == 0
+    assert out.with_suffix(".md").read_text().startswith("Open-loop load")

@@ -66,7 +66,7 @@ def test_requests_arrive_on_the_poisson_schedule_while_others_are_in_flight():
     at_server = np.asarray(arrivals) - arrivals[0]
     planned = schedule - schedule[0]
     assert np.abs(at_server - planned).max() < 0.1  # every request reached the server within 100 ms of its slot
-    assert (count - 1) / planned[-1] == pytest.approx(rate, rel=0.4)  # a seeded draw of the set rate
+    assert (count - 1) / planned[-1] == pytest.approx(rate, rel=0.2) and schedule[-1] <= count / rate
     assert max(in_flight) >= 3  # sends did not wait for answers
     run = summarize_rate(records, wall_s, rate)
     assert run["ok"] == count and run["sent_rate"] == pytest.approx((count - 1) / planned[-1], rel=0.1)
@@ -77,6 +77,8 @@ def test_requests_arrive_on_the_poisson_schedule_while_others_are_in_flight():
 
 
 def test_poisson_gaps_have_the_set_mean_and_are_seeded():
-    gaps = np.diff(poisson_arrivals(4.0, 20000, seed=1), prepend=0.0)
-    assert gaps.mean() == pytest.approx(0.25, rel=0.03) and gaps.std() == pytest.approx(0.25, rel=0.05)  # exponential: std = mean
+    arrivals = poisson_arrivals(4.0, 20000, seed=1)
+    gaps = np.diff(arrivals, prepend=0.0)
+    assert np.all(gaps >= 0) and arrivals[-1] <= 20000 / 4.0
+    assert gaps.mean() == pytest.approx(0.25, rel=0.01) and gaps.std() == pytest.approx(0.25, rel=0.05)  # exponential: std = mean
     assert np.array_equal(poisson_arrivals(4.0, 10, seed=1), poisson_arrivals(4.0, 10, seed=1))
