@@ -28,7 +28,7 @@ class PrefixCache:
     def __init__(self, capacity_tokens: int, min_reuse: int = MIN_REUSE):
         self.capacity_tokens, self.min_reuse = capacity_tokens, min_reuse
         self.entries: OrderedDict[bytes, _Entry] = OrderedDict()  # least recently used first
-        self.tokens_held = 0
+        self.tokens_held = self.pinned_tokens = 0
         self.lookups = self.hits = self.tokens_reused = self.insertions = self.evictions = 0
 
     def pin(self, model, device: torch.device, tokens: list[int]) -> None:
@@ -100,11 +100,12 @@ class PrefixCache:
         return {"lookups": self.lookups, "hits": self.hits, "tokens_reused": self.tokens_reused,
                 "insertions": self.insertions, "evictions": self.evictions, "entries": len(self.entries),
                 "tokens_held": self.tokens_held, "capacity_tokens": self.capacity_tokens,
-                "pinned_tokens": sum(len(e.tokens) for e in self.entries.values() if e.pinned)}
+                "pinned_tokens": self.pinned_tokens}  # plain counters: read while a step may be changing the entries
 
     def _add(self, ids: np.ndarray, layers: list, pinned: bool = False) -> None:
         self.entries[ids.tobytes()] = _Entry(ids, layers, pinned)
         self.tokens_held += len(ids)
+        self.pinned_tokens += len(ids) if pinned else 0
         for key in [k for k, e in self.entries.items() if not e.pinned]:  # least recently used first
             if self.tokens_held <= self.capacity_tokens:
                 break

@@ -88,6 +88,14 @@ class DecodeLoop:
         finally:
             request.abandoned = True
 
+    async def reset_prefix_cache(self) -> None:
+        """Drop the cached prefixes but the pinned ones, between two steps (a step may be using them)."""
+        if self.batch.prefixes is None:
+            return
+        self._start()
+        async with self._model_lock:
+            self.batch.prefixes.clear()
+
     async def probe(self) -> None:
         """A one-token forward of the model, between two steps: proof that it still answers."""
         self._check_running()

@@ -71,11 +71,10 @@ class _ModelReplica:
         actor's name in the "serve" namespace)."""
         return {**self.loop.stats(), "actor_name": ray.get_runtime_context().get_actor_name()}
 
-    def reset_prefix_cache(self) -> None:
+    async def reset_prefix_cache(self) -> None:
         """Drop every cached prefix but the pinned chat template (as vLLM's reset_prefix_cache): benches
         measure each run from the same cold cache."""
-        if self.prefixes is not None:
-            self.prefixes.clear()
+        await self.loop.reset_prefix_cache()
 
     def _export_counters(self) -> None:
         """The loop's cumulative prefill and prefix-cache counters, as Prometheus counters (their growth)."""
