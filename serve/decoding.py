@@ -78,7 +78,8 @@ class RunningBatch:
         with one of them as its start prefills just the rest. Without a prefix cache, nothing to do."""
         if self.prefixes is None or not prompts:
             return
-        ran = CachedBatch(self.model, self.batch.device, self.prefixes).start([p + [0] for p in prompts])  # all of p
+        # a placeholder last token: a prefill leaves a prompt's last token pending, and all of p is to be cached
+        ran = CachedBatch(self.model, self.batch.device, self.prefixes).start([p + [0] for p in prompts])
         self.prefill_tokens += ran
         self.prefill_ahead_tokens += ran
         self.prefills += 1
