@@ -36,7 +36,7 @@ def from_wire(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 class LMWorker:
-    role = "model"
+    role: str  # "teacher" or "student": each actor class below sets it
 
     def __init__(self, spec: ModelConfig, switch: SwitchConfig):
         """Light on purpose: the actor is placed first, then `load` brings the model in."""

@@ -29,7 +29,7 @@ ROWS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 class _ModelReplica:
     """A model, its tokenizer and its decode loop in one Serve replica, with the batch limits from config."""
 
-    role = "model"
+    role: str  # "teacher" or "student": each deployment below sets it
 
     def __init__(self, spec: ServedModel, sampling_seed: int):
         torch.set_num_threads(threads_for(spec.num_cpus))

@@ -7,9 +7,6 @@ import math
 
 import torch
 
-LN2 = math.log(2.0)
-
-
 # ---- distributions -------------------------------------------------------------------------------
 
 def divergence_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The distillation methods, as what each one trains on. The loss is chosen apart (train/objective.py).
+"""The distillation methods, as what each one trains on: planners that say where each example's record
+comes from (a Need); train/rollout.py makes the records. The loss is chosen apart (train/objective.py).
 
 | method   | records                                                                      | default loss |
 |----------|------------------------------------------------------------------------------|--------------|
@@ -15,37 +16,56 @@
 """
 import random
 from collections import deque
+from dataclasses import dataclass
 
 DEFAULT_LOSS = {"sft": "ce", "kd": "fkl", "seqkd": "ce", "gkd": "jsd", "skd": "fkl", "distillm": "skew_fkl", "switch": "fkl",
                 "adaswitch": "fkl"}
 NEEDS_SHARED_VOCAB = {"kd", "gkd", "skd", "distillm", "switch", "adaswitch"}  # token-level: the losses compare distributions
+
+# Where a record can come from. "data": the reference answer; "scored_data": the same, with the
+# teacher's log-probs from one plain teacher pass; the others: the SWITCH engine in that mode
+# (train.rollout.engine_settings), whose records come with the teacher's log-probs already.
+SOURCES = ("data", "scored_data", "student", "teacher", "switch", "skd", "adaswitch")
 
 
 def loss_for(method: str, loss: str) -> str:
     return DEFAULT_LOSS[method] if loss == "auto" else loss
 
 
-class Method:
-    """Picks each step's examples (a seeded pass over the training set) and turns them into records."""
+@dataclass(frozen=True)
+class Need:
+    """Records a step's batch needs: one per example, from `source`."""
+    source: str
+    examples: list
 
-    def __init__(self, cfg, rollout):
-        self.cfg, self.rollout = cfg, rollout
+
+class Method:
+    """A planner: picks each step's examples (a seeded pass over the training set) and says where each
+    one's record comes from; the rollout makes the records and hands them back to `assemble`, which
+    orders them into the batch. A method never calls the models itself, so it runs without Ray."""
+
+    def __init__(self, cfg, train: list):
+        self.cfg, self.train = cfg, train
         self.order: list[int] = []
 
     def examples(self, step: int, n: int):
-        train = self.rollout.train
         start = (step - 1) * n
         while len(self.order) < start + n:  # a fresh seeded shuffle per epoch
-            epoch = list(range(len(train)))
-            random.Random(self.cfg.switch.seed * 1000 + len(self.order) // len(train)).shuffle(epoch)
+            epoch = list(range(len(self.train)))
+            random.Random(self.cfg.switch.seed * 1000 + len(self.order) // len(self.train)).shuffle(epoch)
             self.order += epoch
-        return [train[i] for i in self.order[start:start + n]]
+        return [self.train[i] for i in self.order[start:start + n]]
 
     def seed(self, step: int) -> int:
         return self.cfg.switch.seed * 100003 + step
 
-    def make(self, step: int, n: int) -> list[dict]:
+    def plan(self, step: int, n: int) -> list[Need]:
+        """What step `step`'s batch of `n` needs, made in this order (no empty Need)."""
         raise NotImplementedError
+
+    def assemble(self, needs: list[Need], made: list[list[dict]]) -> list[dict]:
+        """The batch, from the records made for each Need (made[i] for needs[i], in its examples' order)."""
+        return [r for records in made for r in records]
 
     def observe_val_loss(self, step: int, loss: float) -> None:
         pass
@@ -55,73 +75,81 @@ class Method:
 
 
 class SFT(Method):
-    def make(self, step, n):
-        return self.rollout.data_records(self.examples(step, n), with_teacher=False)
+    def plan(self, step, n):
+        return [Need("data", self.examples(step, n))]
 
 
 class KD(Method):
-    def make(self, step, n):
-        return self.rollout.data_records(self.examples(step, n), with_teacher=True)
+    def plan(self, step, n):
+        return [Need("scored_data", self.examples(step, n))]
 
 
 class SeqKD(Method):
     """The teacher answers each prompt once (SeqKD's offline corpus); later epochs reuse its answers."""
-    def __init__(self, cfg, rollout):
-        super().__init__(cfg, rollout)
+    def __init__(self, cfg, train):
+        super().__init__(cfg, train)
         self.answers: dict[str, dict] = {}
+        self.batch: list = []
 
-    def make(self, step, n):
-        examples = self.examples(step, n)
-        new = [e for e in examples if e.id not in self.answers]
-        if new:
-            for e, r in zip(new, self.rollout.run_engine("teacher", new, self.seed(step))):
-                self.answers[e.id] = r
-        return [self.answers[e.id] for e in examples]
+    def plan(self, step, n):
+        self.batch = self.examples(step, n)
+        new = [e for e in self.batch if e.id not in self.answers]
+        return [Need("teacher", new)] if new else []
+
+    def assemble(self, needs, made):
+        for need, records in zip(needs, made):
+            self.answers.update({e.id: r for e, r in zip(need.examples, records)})
+        return [self.answers[e.id] for e in self.batch]
 
 
 class Switch(Method):
-    mode = "switch"
+    source = "switch"
 
-    def make(self, step, n):
-        return self.rollout.run_engine(self.mode, self.examples(step, n), self.seed(step))
+    def plan(self, step, n):
+        return [Need(self.source, self.examples(step, n))]
 
 
 class SKD(Switch):
-    mode = "skd"
+    source = "skd"
 
 
 class AdaSwitch(Switch):
-    mode = "adaswitch"
+    source = "adaswitch"
 
 
 class GKD(Method):
     """On-policy with probability lambda per example (GKD's student-data fraction), else the data."""
-    def make(self, step, n):
+    def plan(self, step, n):
         examples = self.examples(step, n)
         rng = random.Random(self.seed(step))
         on_policy = [rng.random() < self.cfg.train.gkd_lambda for _ in examples]
-        return _mix(self.rollout, examples, on_policy, self.seed(step))
+        return _mix(examples, on_policy)
 
 
 class DistiLLM(Method):
     """Adaptive off-policy: p(student sample) starts at p_init and rises by p_step (up to p_max) each
     time the validation loss goes up; half of the student samples are replayed from a buffer."""
-    def __init__(self, cfg, rollout):
-        super().__init__(cfg, rollout)
+    def __init__(self, cfg, train):
+        super().__init__(cfg, train)
         self.p = cfg.train.distillm_p_init
         self.buffer: deque = deque(maxlen=cfg.train.replay_size)
+        self.replayed: list[dict] = []
         self.last_val: float | None = None
         self.raised_at: list[int] = []
 
-    def make(self, step, n):
+    def plan(self, step, n):
         examples = self.examples(step, n)
         rng = random.Random(self.seed(step))
         k = sum(rng.random() < self.p for _ in examples)  # student slots this step
-        replayed = rng.sample(list(self.buffer), min(k // 2, len(self.buffer)))
-        fresh, data = examples[: k - len(replayed)], examples[k:]
-        new = self.rollout.run_engine("student", fresh, self.seed(step)) if fresh else []
+        self.replayed = rng.sample(list(self.buffer), min(k // 2, len(self.buffer)))
+        fresh, data = examples[: k - len(self.replayed)], examples[k:]
+        return [need for need in (Need("student", fresh), Need("scored_data", data)) if need.examples]
+
+    def assemble(self, needs, made):
+        by_source = {need.source: records for need, records in zip(needs, made)}
+        new = by_source.get("student", [])
         self.buffer.extend(new)
-        return new + replayed + (self.rollout.data_records(data, with_teacher=True) if data else [])
+        return new + self.replayed + by_source.get("scored_data", [])
 
     def observe_val_loss(self, step, loss):
         if self.last_val is not None and loss > self.last_val and self.p < self.cfg.train.distillm_p_max:
@@ -133,17 +161,16 @@ class DistiLLM(Method):
         return {"p_student": round(self.p, 3), "raised_at_steps": self.raised_at, "replay_buffer": len(self.buffer)}
 
 
-def _mix(rollout, examples, on_policy, seed):
+def _mix(examples, on_policy) -> list[Need]:
     """Student samples where on_policy, teacher-scored ground truth elsewhere."""
     student = [e for e, s in zip(examples, on_policy) if s]
     data = [e for e, s in zip(examples, on_policy) if not s]
-    records = rollout.run_engine("student", student, seed) if student else []
-    return records + (rollout.data_records(data, with_teacher=True) if data else [])
+    return [need for need in (Need("student", student), Need("scored_data", data)) if need.examples]
 
 
 METHOD_CLASSES = {"sft": SFT, "kd": KD, "seqkd": SeqKD, "gkd": GKD, "skd": SKD, "distillm": DistiLLM, "switch": Switch,
                  "adaswitch": AdaSwitch}
 
 
-def make_method(cfg, rollout) -> Method:
-    return METHOD_CLASSES[cfg.train.method](cfg, rollout)
+def make_method(cfg, train: list) -> Method:
+    return METHOD_CLASSES[cfg.train.method](cfg, train)

@@ -23,7 +23,7 @@ from studyhall.prompts import PromptItem
 from studyhall.threads import pair_contends_with_trainer
 from train.batches_ahead import BatchesAhead
 from train.data import Example, load_references, prompt_token_ids, render_prompt, save_references
-from train.methods import make_method
+from train.methods import Need, make_method
 from train.phases import split_wait
 
 # The teacher writes nothing when tau exceeds any JS value (at most ln 2 < 1), yet still scores
@@ -94,7 +94,7 @@ class Rollout:
         self.references_path = references_path
         self.references = dict(load_references(references_path) or {}) if references_path else {}
         self.references.update({e.id: e.response for e in train + val if e.response is not None})
-        self.method = make_method(cfg, self)
+        self.method = make_method(cfg, train)
         self.batch_groups = batch_pipeline_groups(cfg)
         self.batch_rows_by_group: dict[int, int] = {}  # SWITCH pipeline group -> training-batch rows it generated
         self.batch_cache: tuple[int, list] | None = None
@@ -127,7 +127,9 @@ class Rollout:
         before asking for step s, so a batch made while step s trains has staleness 1."""
         self.staleness[step] = step - 1 - self.weights_step
         started = time.perf_counter()
-        records = self.method.make(step, self.cfg.train.global_batch)
+        needs = self.method.plan(step, self.cfg.train.global_batch)
+        seed = self.method.seed(step)
+        records = self.method.assemble(needs, [self.records_for(need, seed) for need in needs])
         self.generation_seconds[step] = time.perf_counter() - started
         return records
 
@@ -221,7 +223,13 @@ class Rollout:
             self._val_records = self.score_data(self.val, count=False)
         return self._val_records
 
-    # ---- what methods use ----
+    # ---- the records methods ask for ----
+    def records_for(self, need: Need, seed: int) -> list[dict]:
+        """One record per example of `need`, in its order, from its source (train.methods.SOURCES)."""
+        if need.source in ("data", "scored_data"):
+            return self.data_records(need.examples, with_teacher=need.source == "scored_data")
+        return self.run_engine(need.source, need.examples, seed)
+
     def items(self, examples: list[Example]) -> list[PromptItem]:
         return [PromptItem(i, e.id, render_prompt(self.tokenizer, e), prompt_token_ids(self.tokenizer, e))
                 for i, e in enumerate(examples)]

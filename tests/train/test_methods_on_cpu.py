@@ -1,0 +1,109 @@
+"""The methods as planners, without Ray: what each step's batch needs, from which source, and how the
+records come back into the batch (train/methods.py). `made` stands in for the rollout: it returns one
+record per example, naming the example and the source, so each test can see where every row came from."""
+from collections import Counter
+
+import pytest
+
+from studyhall.config import load_config
+from train.data import Example
+from train.methods import METHOD_CLASSES, SOURCES, make_method
+
+TRAIN = [Example(f"ex{i}", [{"role": "user", "content": f"question {i}"}], f"answer {i}") for i in range(10)]
+
+
+def _method(name: str, *overrides: str, train=TRAIN):
+    return make_method(load_config("tiny", [f"method={name}", *overrides]), train)
+
+
+def made(needs, step: int) -> list[list[dict]]:
+    return [[{"prompt_id": e.id, "source": need.source, "made_at_step": step} for e in need.examples] for need in needs]
+
+
+def batch(method, step: int, n: int = 5) -> tuple[list, list[dict]]:
+    needs = method.plan(step, n)
+    return needs, method.assemble(needs, made(needs, step))
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_CLASSES))
+def test_every_method_fills_the_batch_from_known_sources(name):
+    method = _method(name, "gkd_lambda=0.5", "distillm_p_init=0.5")
+    for step in range(1, 8):
+        needs, records = batch(method, step)
+        assert len(records) == 5
+        assert needs == [] or all(need.source in SOURCES and need.examples for need in needs)
+        asked = [e.id for need in needs for e in need.examples]
+        assert len(asked) == len(set(asked))  # 5 divides the 10 examples: no step straddles two epochs
+
+
+@pytest.mark.parametrize("name, source", [("sft", "data"), ("kd", "scored_data"), ("switch", "switch"), ("skd", "skd"),
+                                          ("adaswitch", "adaswitch")])
+def test_single_source_methods_take_the_steps_examples_from_their_source(name, source):
+    method = _method(name)
+    needs, records = batch(method, 1)
+    assert [need.source for need in needs] == [source]
+    assert [r["prompt_id"] for r in records] == [e.id for e in method.examples(1, 5)]
+
+
+def test_the_pass_over_the_training_set_is_a_seeded_shuffle_per_epoch():
+    first, again, other = _method("sft"), _method("sft"), _method("sft", "seed=7")
+    epoch = [e.id for step in range(1, 6) for e in first.examples(step, 2)]  # 5 steps of 2 = one epoch of 10
+    assert sorted(epoch) == sorted(e.id for e in TRAIN)  # every example once
+    assert epoch == [e.id for step in range(1, 6) for e in again.examples(step, 2)]
+    assert epoch != [e.id for step in range(1, 6) for e in other.examples(step, 2)]
+    next_epoch = [e.id for step in range(6, 11) for e in first.examples(step, 2)]
+    assert sorted(next_epoch) == sorted(epoch) and next_epoch != epoch  # a fresh order
+
+
+def test_seqkd_asks_the_teacher_once_per_prompt_and_reuses_its_answers():
+    method = _method("seqkd")
+    asked = Counter()
+    for step in range(1, 9):  # four epochs of a 10-example set at 5 per step
+        needs, records = batch(method, step)
+        assert [need.source for need in needs] in ([], ["teacher"])
+        asked.update(e.id for need in needs for e in need.examples)
+        assert [r["prompt_id"] for r in records] == [e.id for e in method.examples(step, 5)]
+        assert all(r["source"] == "teacher" for r in records)
+    assert asked == Counter({e.id: 1 for e in TRAIN})
+    _, last = batch(method, 9)
+    assert all(r["made_at_step"] <= 2 for r in last)  # every prompt was answered in the first epoch's two steps
+
+
+@pytest.mark.parametrize("lam, student_share", [(0.0, 0.0), (1.0, 1.0)])
+def test_gkd_at_lambda_0_and_1_is_all_data_or_all_student(lam, student_share):
+    method = _method("gkd", f"gkd_lambda={lam}")
+    _, records = batch(method, 1)
+    assert sum(r["source"] == "student" for r in records) / len(records) == student_share
+    assert {r["source"] for r in records} == ({"student"} if lam else {"scored_data"})
+
+
+def test_gkd_draws_student_samples_at_rate_lambda_reproducibly():
+    sources = [r["source"] for step in range(1, 201) for r in batch(_method("gkd", "gkd_lambda=0.3"), step)[1]]
+    share = sources.count("student") / len(sources)
+    assert 0.25 < share < 0.35, share  # 1000 Bernoulli(0.3) draws: 0.05 is over 3 standard deviations
+    assert batch(_method("gkd", "gkd_lambda=0.3"), 5)[1] == batch(_method("gkd", "gkd_lambda=0.3"), 5)[1]
+
+
+def test_distillm_raises_p_only_when_validation_loss_rises_up_to_p_max():
+    method = _method("distillm", "distillm_p_init=0.2", "distillm_p_step=0.3", "distillm_p_max=0.6")
+    for step, loss in [(1, 1.0), (2, 0.9), (3, 1.1), (4, 1.2), (5, 1.3)]:
+        method.observe_val_loss(step, loss)
+    assert method.state()["p_student"] == 0.6 and method.state()["raised_at_steps"] == [3, 4]  # 0.2 -> 0.5 -> 0.6 (capped)
+
+
+def test_distillm_replays_half_its_student_slots_from_earlier_samples():
+    method = _method("distillm", "distillm_p_init=1.0", "distillm_p_max=1.0", "replay_size=100")
+    needs, first = batch(method, 1)
+    assert [need.source for need in needs] == ["student"] and len(first) == 5  # an empty buffer: all fresh
+    assert method.state()["replay_buffer"] == 5
+    needs, second = batch(method, 2)
+    assert [len(need.examples) for need in needs] == [3]  # 5 student slots: 3 fresh, 2 (5 // 2) replayed
+    replayed = [r for r in second if r["made_at_step"] == 1]
+    assert len(second) == 5 and len(replayed) == 2 and all(r in first for r in replayed)
+    assert method.state()["replay_buffer"] == 8
+
+
+def test_distillm_below_p_one_mixes_student_samples_and_scored_data():
+    method = _method("distillm", "distillm_p_init=0.5")
+    sources = Counter(r["source"] for step in range(1, 51) for r in batch(method, step)[1])
+    assert sources["scored_data"] > 0 and sources["student"] > 0 and set(sources) == {"scored_data", "student"}
