@@ -107,3 +107,20 @@ def test_distillm_below_p_one_mixes_student_samples_and_scored_data():
     method = _method("distillm", "distillm_p_init=0.5")
     sources = Counter(r["source"] for step in range(1, 51) for r in batch(method, step)[1])
     assert sources["scored_data"] > 0 and sources["student"] > 0 and set(sources) == {"scored_data", "student"}
+
+
+def test_each_engine_source_runs_the_engine_in_its_own_mode():
+    """What the rollout asks the SWITCH engine for, per source: the per-method two-step runs exercise
+    the switch source end to end; skd and adaswitch differ from it only here (their records and loss
+    are switch's), and their engine behaviour is tested on real actors in tests/actors/test_switch_engine.py."""
+    from train.rollout import STUDENT_ONLY_TAU, engine_settings
+
+    switch = load_config("tiny", ["tau0=0.3", "schedule=linear"]).switch
+    got = {mode: engine_settings(switch, mode, seed=7) for mode in ("switch", "skd", "adaswitch", "student", "teacher")}
+    assert all(s.seed == 7 for s in got.values())
+    assert (got["switch"].tau0, got["switch"].schedule, got["switch"].divergence) == (0.3, "linear", switch.divergence)
+    assert got["skd"].divergence == "skd" and got["skd"].tau0 == 0.3
+    assert got["adaswitch"].schedule == "adaptive" and got["adaswitch"].one_token_rounds()
+    assert (got["student"].tau0, got["student"].mode, got["student"].schedule) == (STUDENT_ONLY_TAU, "block", "constant")
+    assert (got["teacher"].tau0, got["teacher"].mode, got["teacher"].divergence) == (0.0, "block", "js")
+    assert not got["student"].one_token_rounds() and not got["teacher"].one_token_rounds()
