@@ -13,7 +13,7 @@ import ray
 from ray import serve
 from rouge_score import rouge_scorer
 
-from cluster.bench.gkt import free_port, log
+from cluster.bench.served_app import free_port, log
 from serve.app import start
 from serve.load import drive
 from studyhall.config import load_config

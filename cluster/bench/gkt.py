@@ -17,8 +17,6 @@
 Every request asks for exactly max_tokens tokens (`ignore_eos`), so all modes do the same work.
 """
 import json
-import socket
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +25,8 @@ import torch
 from ray import serve
 
 from actors.models import load_model, load_tokenizer, pick_device
-from serve.app import APP_NAME, start
+from cluster.bench.served_app import free_port, log, replica_stats, reset_prefix_caches
+from serve.app import start
 from serve.decoding import RunningBatch, Sampling, prefix_cache
 from serve.load import drive
 from studyhall.config import ConfigError, load_config
@@ -38,10 +37,6 @@ DEFAULTS = {"tiny": {"max_tokens": 32, "budget_s": 60.0}, "smol": {"max_tokens":
 IDEAL_ROUNDS = 2  # batches per size timed in-process
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_bench(preset: str, out: str, requests: int | None, overrides: list[str], in_flight: tuple = CONCURRENCY) -> dict:
@@ -117,16 +112,6 @@ def run_bench(preset: str, out: str, requests: int | None, overrides: list[str],
     return result
 
 
-def reset_prefix_caches() -> None:
-    """Both model deployments drop their cached prefixes (the pinned chat template stays): each run starts cold."""
-    for name in ("TeacherGuide", "StudentComplete"):
-        serve.get_deployment_handle(name, app_name=APP_NAME).reset_prefix_cache.remote().result()
-
-
-def replica_stats() -> dict:
-    """Each model deployment's decode-loop counters (one replica each in the bench)."""
-    return {role: serve.get_deployment_handle(name, app_name=APP_NAME).stats.remote().result()
-            for role, name in (("teacher", "TeacherGuide"), ("student", "StudentComplete"))}
 
 
 def batching(before: dict, after: dict, in_flight: int, max_batch_size: int) -> dict:
@@ -227,6 +212,4 @@ def _mean(values) -> float | None:
     return round(sum(values) / len(values), 3) if values else None
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 

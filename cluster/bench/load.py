@@ -23,7 +23,7 @@ from ray import serve
 from tqdm import tqdm
 
 from cluster.bench.chat_requests import async_client, one_chat, percentiles, served_model
-from cluster.bench.gkt import free_port
+from cluster.bench.served_app import free_port
 from serve.app import start
 from studyhall.config import ConfigError, load_config
 from studyhall.prompts import embedded_messages

@@ -26,8 +26,8 @@ import ray
 from ray import serve
 
 from cluster.bench.chat_requests import async_client, one_chat, served_model
-from cluster.bench.gkt import free_port, replica_stats, reset_prefix_caches
 from cluster.bench.load import summarize
+from cluster.bench.served_app import free_port, replica_stats, reset_prefix_caches
 from serve.app import start
 from studyhall.config import ConfigError, load_config
 from studyhall.prompts import embedded_messages

@@ -5,8 +5,8 @@ import json
 import pytest
 from ray import serve
 
-from cluster.bench.gkt import free_port
 from cluster.bench.open_loop import held
+from cluster.bench.served_app import free_port
 from cluster.cli import main
 
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
