@@ -37,8 +37,6 @@ DEFAULTS = {"tiny": {"max_tokens": 32, "budget_s": 60.0}, "smol": {"max_tokens":
 IDEAL_ROUNDS = 2  # batches per size timed in-process
 
 
-
-
 def run_bench(preset: str, out: str, requests: int | None, overrides: list[str], in_flight: tuple = CONCURRENCY) -> dict:
     if not in_flight or any(c < 1 for c in in_flight):
         raise ConfigError(f"--in-flight {','.join(map(str, in_flight))}: every level must be >= 1")
@@ -110,8 +108,6 @@ def run_bench(preset: str, out: str, requests: int | None, overrides: list[str],
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     Path(out).with_suffix(".md").write_text(result["table"] + "\n")
     return result
-
-
 
 
 def batching(before: dict, after: dict, in_flight: int, max_batch_size: int) -> dict:
@@ -210,6 +206,3 @@ def _body(model: str, messages: list[dict], max_tokens: int, k: int) -> dict:
 def _mean(values) -> float | None:
     values = list(values)
     return round(sum(values) / len(values), 3) if values else None
-
-
-

@@ -1,5 +1,5 @@
 """What the serving benches share: a free local port, the served app's replica counters and prefix
-caches, and progress lines on stderr (stdout stays the bench's JSON path)."""
+caches, and progress lines on stderr."""
 import socket
 import sys
 

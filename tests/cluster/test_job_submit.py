@@ -10,13 +10,14 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from cluster.bench.served_app import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,12 +26,6 @@ CACHE = os.environ.get("STUDYHALL_CACHE", str(Path.home() / ".cache" / "studyhal
 # The job's environment on a CPU cluster: what the README tells users to pass.
 RUNTIME_ENV = {"env_vars": {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                             "STUDYHALL_CACHE": CACHE}, "excludes": [".git"]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalHead:

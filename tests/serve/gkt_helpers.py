@@ -1,20 +1,15 @@
 """Helpers of the GKT serving tests: start the app on a free loopback port, plain HTTP calls."""
 import json
 import os
-import socket
 import urllib.error
 import urllib.request
+
+from cluster.bench.served_app import free_port
 
 MODEL = "studyhall-gkt"
 # Fractions of a CPU, so the app fits the session's 2-CPU Ray next to other tests' actors.
 SMALL = ["serve.guide.num_cpus=0.25", "serve.complete.num_cpus=0.25", "serve.ingress_num_cpus=0",
          "serve.default_max_tokens=8"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_app(overrides: list[str], env: dict | None = None) -> str:

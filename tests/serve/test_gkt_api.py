@@ -128,11 +128,8 @@ def test_a_seed_gives_the_same_sampled_answer_whatever_runs_beside_it(client):
 
 
 def _stats() -> dict:
-    from ray import serve
-
-    from serve.app import APP_NAME
-    return {role: serve.get_deployment_handle(name, app_name=APP_NAME).stats.remote().result()
-            for role, name in (("teacher", "TeacherGuide"), ("student", "StudentComplete"))}
+    from cluster.bench.served_app import replica_stats
+    return replica_stats()
 
 
 def _grew(before: dict, after: dict, role: str) -> dict:
