@@ -1,5 +1,10 @@
 """`studyhall bench train`: DeepSpeed training tokens/s against a plain PyTorch loop, same model,
-same batches, same loss and optimizer settings, measured inside one Ray Train worker in one run."""
+same batches, same loss and optimizer settings, measured inside one Ray Train worker in one run.
+
+Both loops step the student as the distillation trainer does: its thread count (studyhall.threads),
+train.precision and the LM head on answer positions only (train.answer_logits). The DeepSpeed loop's
+forward and backward seconds per step are the isolated counterpart of `bench distill`'s
+forward_backward phase, which runs beside the generation actors."""
 import dataclasses
 import json
 import os
@@ -14,9 +19,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from actors.models import load_model, model_config
 from studyhall.config import Config, load_config
+from studyhall.threads import trainer_threads
+from train.answer_logits import AnswerLogitsLM
 from train.distill import with_answer_budget
 from train.methods import loss_for
-from train.objective import collate, distill_loss
+from train.objective import answer_loss, collate
+from train.precision import resolve as resolve_precision
 from train.train_loop import deepspeed_config, skip_shm_build
 
 WARMUP_STEPS = 2
@@ -43,6 +51,9 @@ def _bench_worker(config: dict) -> None:
     import deepspeed  # after DS_ACCELERATOR: DeepSpeed picks its accelerator on import
 
     skip_shm_build(deepspeed)
+    torch.set_num_threads(trainer_threads(cfg))
+    precision = resolve_precision(t.precision, False)
+    cpu = torch.device("cpu")
 
     loss_name, steps = config["loss"], config["steps"]
     batches = [collate(config["records"][i:i + t.micro_batch], 0, loss_name != "ce")
@@ -51,7 +62,12 @@ def _bench_worker(config: dict) -> None:
 
     def fresh_model():
         torch.manual_seed(0)
-        return load_model(dataclasses.replace(cfg.student, dtype="float32"), torch.device("cpu")).train()
+        return AnswerLogitsLM(load_model(dataclasses.replace(cfg.student, dtype="float32"), cpu).train(), t.answer_logits)
+
+    def loss_of(model, b):
+        with precision.forward_context(cpu):
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, positions=b.logit_positions)
+        return answer_loss(logits, b, loss_name, t.beta, t.alpha, 1.0)
 
     def timed(step_fn) -> float:
         for _ in range(WARMUP_STEPS):
@@ -67,8 +83,7 @@ def _bench_worker(config: dict) -> None:
     def plain_step():
         optimizer.zero_grad(set_to_none=True)
         for b in batches:
-            loss = distill_loss(model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits, b, loss_name, t.beta, t.alpha, 1.0)
-            (loss / len(batches)).backward()
+            (loss_of(model, b) / len(batches)).backward()
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
@@ -78,17 +93,24 @@ def _bench_worker(config: dict) -> None:
 
     model = fresh_model()
     engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
-                                      config=deepspeed_config(t, 1, False), dist_init_required=False)
+                                      config=deepspeed_config(t, 1, precision.deepspeed_bf16), dist_init_required=False)
+    forward_backward = []  # seconds per DeepSpeed step in forward and backward alone
 
     def deepspeed_step():
+        seconds = 0.0
         for b in batches:
-            loss = distill_loss(engine(input_ids=b.input_ids, attention_mask=b.attention_mask).logits, b, loss_name, t.beta, t.alpha, 1.0)
-            engine.backward(loss)
+            started = time.perf_counter()
+            engine.backward(loss_of(engine, b))
+            seconds += time.perf_counter() - started
             engine.step()
+        forward_backward.append(seconds)
 
     ds = timed(deepspeed_step)
+    timed_fb = forward_backward[WARMUP_STEPS:]
     with tempfile.TemporaryDirectory() as tmp:  # Ray Train v2 keeps metrics with a checkpoint
-        ray.train.report({"plain_tokens_per_s": plain, "deepspeed_tokens_per_s": ds, "tokens_per_step": tokens_per_step},
+        ray.train.report({"plain_tokens_per_s": plain, "deepspeed_tokens_per_s": ds, "tokens_per_step": tokens_per_step,
+                          "forward_backward_s_per_step": sum(timed_fb) / len(timed_fb), "threads": torch.get_num_threads(),
+                          "precision": precision.dtype, "precision_why": precision.why, "answer_logits_only": model.split},
                          checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -115,12 +137,17 @@ def run_bench(preset: str, out: str, steps: int, overrides: list[str]) -> dict:
         "deepspeed_tokens_per_s": round(metrics["deepspeed_tokens_per_s"], 1),
         "ratio": round(metrics["deepspeed_tokens_per_s"] / metrics["plain_tokens_per_s"], 3),
         "goal": ">= 0.9",
+        "deepspeed_forward_backward_s_per_step": round(metrics["forward_backward_s_per_step"], 3),
+        "threads": metrics["threads"], "precision": metrics["precision"], "precision_why": metrics["precision_why"],
+        "answer_logits_only": metrics["answer_logits_only"],
     }
     result["goal_met"] = result["ratio"] >= 0.9
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2))
     out_path.with_suffix(".md").write_text(
-        "| model | ZeRO | loss | batch | plain tokens/s | DeepSpeed tokens/s | ratio |\n|---|---|---|---|---|---|---|\n"
-        f"| {result['model']} | {t.zero_stage} | {loss} | {t.global_batch}x{result['sequence_tokens']} | "
-        f"{result['plain_tokens_per_s']} | {result['deepspeed_tokens_per_s']} | {result['ratio']} |\n")
+        "| model | ZeRO | loss | precision, threads | batch | plain tokens/s | DeepSpeed tokens/s | ratio | DeepSpeed forward+backward s/step |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+        f"| {result['model']} | {t.zero_stage} | {loss} | {result['precision']}, {result['threads']} | {t.global_batch}x{result['sequence_tokens']} | "
+        f"{result['plain_tokens_per_s']} | {result['deepspeed_tokens_per_s']} | {result['ratio']} | "
+        f"{result['deepspeed_forward_backward_s_per_step']} |\n")
     return result
