@@ -5,6 +5,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train's controller polls its workers every 2 s by default, so each short training run here
+# waited up to 2 s to see its workers start and again to see them finish. The processes Ray
+# starts inherit this (ray.init below starts the local cluster from this process).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 import pytest  # noqa: E402
 import ray  # noqa: E402

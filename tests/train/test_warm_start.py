@@ -1,11 +1,12 @@
 """A two-stage run on the tiny preset (a warm start, then the method), real Ray Train and DeepSpeed:
 both stages write their reports, the method starts from the warm stage's weights, and the report's
-greedy answers are what the saved student's own generate(do_sample=False) writes."""
-import json
+greedy answers are what the saved student's own generate(do_sample=False) writes. Its stages are sft and
+kd, so it also holds those two methods to the checks every method's two-step run meets
+(test_methods_two_steps.py runs the others)."""
 
 import pytest
 import torch
-from distill_helpers import _cfg
+from distill_helpers import _cfg, assert_a_complete_two_step_report
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from studyhall.prompts import render
@@ -18,8 +19,9 @@ pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 def test_the_method_starts_from_the_warm_stage_and_its_greedy_answers_are_generate(dolly_file, tmp_path):
     cfg = _cfg(dolly_file, "warm_start=sft", "warm_steps=2", "warm_lr=0.001", "method=kd", "steps=2", "checkpoint_every=2")
     report = run_distill(cfg, str(tmp_path), progress=False)
-    warm = json.loads((tmp_path / "warm_start" / "report.json").read_text())
-    assert (warm["method"], warm["steps"]) == ("sft", 2) and (tmp_path / "warm_start" / "report.md").is_file()
+    warm = assert_a_complete_two_step_report(tmp_path / "warm_start", "sft")
+    assert_a_complete_two_step_report(tmp_path, "kd")
+    assert (tmp_path / "warm_start" / "report.md").is_file() and report["files"]["md"].endswith("report.md")
     assert (report["method"], report["steps"]) == ("kd", 2)
     # the method's student actor started with exactly the weights the warm stage ended with
     assert report["start_weights"]["sha256"] == warm["evaluated_weights"]["sha256"]
