@@ -10,6 +10,10 @@ FIND_LINKS ?= $(shell pip config get global.find-links 2>/dev/null)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
+# pytest-xdist processes, each with its own local Ray; whole files go to one process, so a module's
+# shared run (a fixture) is made once. Many of the slow tests wait on process starts, so two keep
+# both cores of a 2-core machine busy.
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast lint docs bench lock clean
 
@@ -32,11 +36,11 @@ lint: setup
 	.venv/bin/lint-imports
 
 test: lint
-	$(PY) -m pytest -q --durations=25  # the slowest tests, so CI time can be kept in hand
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25  # the slowest tests, so CI time can be kept in hand
 
 # The tests not marked slow (no multi-process Ray Train / DeepSpeed runs): the tier to run while working.
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow" --durations=10
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" --durations=10
 
 # docs/configuration.md from the config dataclasses and their comments (a test checks it is current).
 docs: setup
