@@ -36,11 +36,11 @@ lint: setup
 	.venv/bin/lint-imports
 
 test: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25  # the slowest tests, so CI time can be kept in hand
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25  # the slowest tests, so CI time can be kept in hand
 
 # The tests not marked slow (no multi-process Ray Train / DeepSpeed runs): the tier to run while working.
 test-fast: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" --durations=10
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" --durations=10
 
 # docs/configuration.md from the config dataclasses and their comments (a test checks it is current).
 docs: setup
