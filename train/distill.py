@@ -250,6 +250,8 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
             "method": t.method, "loss": plan.loss, "preset": cfg.preset, "steps": t.steps,
             "tokens_per_s": round(metrics[-1]["tokens_per_s"], 2) if metrics else 0.0,
             "train_tokens": metrics[-1]["tokens"] if metrics else 0,
+            # the share of the micro-batches' positions that are padding: the decoder runs over them for nothing
+            "padding_share": round(metrics[-1]["padding_share"], 4) if metrics else None,
             "seconds": round(time.perf_counter() - started, 1),
             "precision": ({"dtype": metrics[-1]["precision"], "how": metrics[-1]["precision_how"], "why": metrics[-1]["precision_why"],
                            "answer_logits_only": metrics[-1]["answer_logits_only"]} if metrics else None),

@@ -25,6 +25,11 @@ class MicroBatch:
         return int(self.attention_mask.sum())
 
     @property
+    def positions(self) -> int:
+        """Positions the forward runs over, padding included: B x L."""
+        return self.input_ids.numel()
+
+    @property
     def logit_positions(self) -> torch.Tensor:
         """[B, L] True where the loss reads the student's logits: position i predicts token i + 1."""
         return torch.nn.functional.pad(self.loss_mask, (0, 1), value=False)

@@ -176,7 +176,7 @@ def _train(config: dict) -> None:
         if rank == 0:
             rollout.log_val_kl.remote("start", step, kl_start)
     with_teacher = config["loss"] != "ce"
-    started, trained_tokens = time.perf_counter(), 0
+    started, trained_tokens, run_positions = time.perf_counter(), 0, 0
     timer = PhaseTimer()
     while step < t.steps:
         step += 1
@@ -201,6 +201,7 @@ def _train(config: dict) -> None:
                 engine.step()
             step_loss += loss.item() / math.ceil(len(records) / t.micro_batch)
             step_tokens += batch.tokens
+            run_positions += batch.positions
         trained_tokens += step_tokens
         mean_loss = _mean_over_ranks(step_loss, world)
 
@@ -223,7 +224,8 @@ def _train(config: dict) -> None:
 
         elapsed = time.perf_counter() - started
         metrics = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
-                   "tokens": trained_tokens * world, "tokens_per_s": trained_tokens * world / max(elapsed, 1e-9)}
+                   "tokens": trained_tokens * world, "tokens_per_s": trained_tokens * world / max(elapsed, 1e-9),
+                   "padding_share": 1 - trained_tokens / max(run_positions, 1)}  # rank 0's micro-batches so far
         with timer("checkpoint"):
             if step % t.checkpoint_every == 0 or step == t.steps:
                 _report_with_checkpoint(engine, metrics, rank)

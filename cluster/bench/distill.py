@@ -34,7 +34,7 @@ def run_bench(preset: str, method: str, out: str, vary: str | None, overrides: l
         print(f"bench distill: {method} on {preset}, {label} -> {run_dir}", file=sys.stderr, flush=True)
         report = run_distill(cfg, str(run_dir), progress=True)
         runs.append({"setting": label, "report": str(run_dir / "report.json"), "seconds": report["seconds"],
-                     "tokens_per_s": report["tokens_per_s"], "train_tokens": report["train_tokens"],
+                     "tokens_per_s": report["tokens_per_s"], "train_tokens": report["train_tokens"], "padding_share": report["padding_share"],
                      "staleness_steps": report["staleness_steps"], "weight_push": report["weight_push"],
                      "generation": report["generation"],
                      "phases": report["phases"]["steady_state"]})
@@ -55,6 +55,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {phase} | " + " | ".join(f"{r['phases'].get(phase, 0):.3f}" for r in runs) + " |")
     lines.append("| **seconds per step** | " + " | ".join(f"**{r['phases'].get('seconds_per_step', 0):.3f}**" for r in runs) + " |")
     lines.append("| train tokens/s (end to end) | " + " | ".join(f"{r['tokens_per_s']}" for r in runs) + " |")
+    lines.append("| padding share of the micro-batches | " + " | ".join(f"{r['padding_share']}" for r in runs) + " |")
     lines.append("| weights into the generation actor (MB, s per load) | " + " | ".join(
         f"{r['weight_push']['packet_mb']}, {r['weight_push']['seconds_per_load']}" for r in runs) + " |")
     lines.append("| generation (tokens, s, SWITCH pipeline groups) | " + " | ".join(

@@ -129,3 +129,9 @@ def test_cpu_flags_are_read_from_x86_and_arm_cpuinfo():
     arm = "processor\t: 0\nFeatures\t: fp asimd bf16\n"
     assert cpu_flags(x86) == {"fpu", "avx2", "avx512_bf16"} and cpu_flags(arm) == {"fp", "asimd", "bf16"}
     assert cpu_flags("") == set()
+
+
+def test_a_micro_batch_counts_its_tokens_and_its_padded_positions():
+    """(7+5, 3+9, 11+2) tokens right-padded to the longest row, 13: the report's padding share is 1 - tokens / positions."""
+    batch = collate(_records(vocab=50), pad_id=0, with_teacher=True)
+    assert (batch.tokens, batch.positions) == (12 + 12 + 13, 3 * 13)
