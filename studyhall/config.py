@@ -125,6 +125,9 @@ class TrainConfig:
     # masters, optimizer and the loss math stay fp32 (train/precision.py); the report says which was chosen and why
     precision: str = "auto"
     answer_logits: bool = True  # the student's LM head runs on the answer positions only (train/answer_logits.py); false = every position
+    # a step's records go into micro-batches in order of length, so rows of like length pad each other little (HF's
+    # group_by_length); off: on the demo it cuts the padding but not the step, which generation bounds (docs/benchmarks.md)
+    group_by_length: bool = False
     num_workers: int = 1  # Ray Train workers (data-parallel ranks)
     cpus_per_worker: float = 1.0  # Ray CPUs per training worker
     gpus_per_worker: float = 0.0  # Ray GPUs per training worker: with one, training runs on CUDA (nccl)

@@ -73,5 +73,9 @@ def answer_loss(logits: torch.Tensor, batch: MicroBatch, loss: str, beta: float,
     return DISTILL_LOSSES[loss](student, teacher, ones, {"temperature": 1.0, "beta": beta, "alpha": alpha})
 
 
-def micro_batches(records: list[dict], size: int) -> list[list[dict]]:
+def micro_batches(records: list[dict], size: int, by_length: bool = False) -> list[list[dict]]:
+    """Chunks of `size` records; by_length: taken in order of length (prompt + answer), so each chunk
+    pads its rows to a length close to their own. Every record is in exactly one chunk either way."""
+    if by_length:
+        records = sorted(records, key=lambda r: len(r["prompt_token_ids"]) + len(r["token_ids"]))
     return [records[i:i + size] for i in range(0, len(records), size)]

@@ -183,7 +183,7 @@ def _train(config: dict) -> None:
         with timer("waiting"):
             records = _from_rollout(rollout.batch.remote(step, rank, world))
         step_loss, step_tokens = 0.0, 0
-        for part in micro_batches(records, t.micro_batch):
+        for part in micro_batches(records, t.micro_batch, t.group_by_length):
             with timer("forward_backward"):
                 batch = _to(collate(part, pad_id, with_teacher), engine.device)
                 loss = answer_loss(_forward(engine, batch, precision), batch, config["loss"], t.beta, t.alpha, t.loss_temperature)

@@ -6,7 +6,7 @@ import torch
 from actors.models import load_model
 from studyhall.config import ModelConfig
 from train.answer_logits import AnswerLogitsLM, head_matches_forward
-from train.objective import answer_loss, collate, distill_loss
+from train.objective import answer_loss, collate, distill_loss, micro_batches
 from train.precision import choose, cpu_flags
 
 # fp32 sums over the answer rows alone against sums over every row: the same values, other rounding
@@ -135,3 +135,15 @@ def test_a_micro_batch_counts_its_tokens_and_its_padded_positions():
     """(7+5, 3+9, 11+2) tokens right-padded to the longest row, 13: the report's padding share is 1 - tokens / positions."""
     batch = collate(_records(vocab=50), pad_id=0, with_teacher=True)
     assert (batch.tokens, batch.positions) == (12 + 12 + 13, 3 * 13)
+
+
+def test_micro_batches_by_length_hold_every_record_once_and_pad_less():
+    """Lengths 12, 12, 13, 12, 12, 13 in two micro-batches of 3: in the given order each pads to 13
+    (39 + 39 positions); by length they are 12, 12, 12 and 12, 13, 13 (36 + 39)."""
+    records = _records(vocab=50) + _records(vocab=50, seed=1)
+    plain, grouped = micro_batches(records, 3), micro_batches(records, 3, by_length=True)
+    assert sorted(id(r) for part in grouped for r in part) == sorted(id(r) for r in records)
+    assert [len(part) for part in grouped] == [3, 3]
+    assert sum(collate(p, 0, True).positions for p in plain) == 78
+    assert sum(collate(p, 0, True).positions for p in grouped) == 36 + 39
+    assert sum(collate(p, 0, True).tokens for p in grouped) == sum(collate(p, 0, True).tokens for p in plain) == 74

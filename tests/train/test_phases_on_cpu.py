@@ -42,10 +42,11 @@ def test_bench_settings_and_table():
     assert settings(None) == [[]]
     assert settings("train.max_staleness=0,1") == [["train.max_staleness=0"], ["train.max_staleness=1"]]
     steady = {**dict.fromkeys(PHASES, 1.0), "seconds_per_step": 8.0, "steps": 7}
-    run = {"setting": "train.max_staleness=0", "phases": steady, "tokens_per_s": 50.0, "staleness_steps": {"mean": 0.0, "max": 0},
+    run = {"setting": "train.max_staleness=0", "phases": steady, "tokens_per_s": 50.0, "padding_share": 0.216, "staleness_steps": {"mean": 0.0, "max": 0},
            "weight_push": {"packet_mb": 310.6, "loads": 8, "seconds_per_load": 0.3},
            "generation": {"tokens": 684, "seconds": 45.6, "pipeline_groups": 1, "rows_by_group": {"0": 32}}}
     table = markdown({"method": "gkd", "preset": "smol", "runs": [run]})
     assert "| **seconds per step** | **8.000** |" in table and "| weight_push | 1.000 |" in table
     assert "| weights into the generation actor (MB, s per load) | 310.6, 0.3 |" in table
+    assert "| padding share of the micro-batches | 0.216 |" in table
     assert "| generation (tokens, s, SWITCH pipeline groups) | 684, 45.6, 1 |" in table
