@@ -58,18 +58,29 @@ class LocalHead:
     def job(self, command, *args, timeout=300) -> subprocess.CompletedProcess:
         return self.ray("job", command, "--address", self.dashboard, *args, timeout=timeout)
 
-    def stop(self):
-        """SIGTERM to `ray start --block` stops the head's processes; then nothing of its session is left."""
+    def session_processes(self) -> list[str]:
+        """The head session's processes still alive ("pid stat comm"): zombies have exited, only init reaps them."""
+        listed = subprocess.run(["ps", "-s", str(self.process.pid), "-o", "pid=,stat=,comm="], capture_output=True, text=True).stdout
+        return [line for line in listed.splitlines() if line.split()[1][0] != "Z"]
+
+    def stop(self, timeout=60):
+        """SIGTERM to `ray start --block` stops the head's processes; then SIGKILL to whatever is left of its
+        session, until nothing is (on a busy machine the dashboard's processes were seen still running
+        just after the head had gone)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=60)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        deadline = time.monotonic() + timeout
+        while (left := self.session_processes()) and time.monotonic() < deadline:
+            for line in left:
+                try:
+                    os.kill(int(line.split()[0]), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
         subprocess.run(["rm", "-rf", str(self.temp_dir)], check=False)
 
 
@@ -130,6 +141,5 @@ def test_generate_job_round_trip_on_a_local_head(tmp_path):
     finally:
         head.stop()
     assert head.process.poll() is not None
-    session = subprocess.run(["ps", "-s", str(head.process.pid), "-o", "pid=,stat=,comm="], capture_output=True, text=True).stdout
-    left = [line for line in session.splitlines() if line.split()[1][0] != "Z"]  # zombies have exited; only init reaps them
+    left = head.session_processes()
     assert left == [], f"processes of the head's session still running: {left}"
