@@ -32,7 +32,7 @@ def tiny_tokenizer():
 
 def pytest_collection_modifyitems(items):
     """Files with slow tests run first, in collection order otherwise (make test passes
-    --no-loadscope-reorder): the two xdist processes then share the long runs from the start and the
-    many short tests fill in at the end, instead of one process finishing a long file alone."""
+    --no-loadscope-reorder): with TEST_WORKERS=2 the two xdist processes then share the long runs from
+    the start and the many short tests fill in at the end, instead of one finishing a long file alone."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)  # stable: each file's tests stay together and in order

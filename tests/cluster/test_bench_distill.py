@@ -24,8 +24,9 @@ def test_bench_distill_writes_the_breakdown_of_each_setting(tmp_path, capsys):
         steady = run["phases"]
         assert steady["steps"] == 2 and steady["forward_backward"] > 0 and steady["optimizer"] > 0
         assert abs(steady["seconds_per_step"] - sum(steady[p] for p in PHASES)) < 0.01
-        assert json.loads(open(run["report"]).read())["phases"]["steady_state"] == steady
-        assert 0 <= run["padding_share"] < 1 and run["padding_share"] == json.loads(open(run["report"]).read())["padding_share"]
+        saved = json.loads(open(run["report"]).read())
+        assert saved["phases"]["steady_state"] == steady
+        assert 0 <= run["padding_share"] < 1 and run["padding_share"] == saved["padding_share"]
     # max_staleness=1: steps 2 and 3 were generated while the step before them trained
     assert [r["staleness_steps"]["per_step"] for r in result["runs"]] == [{"1": 0, "2": 0, "3": 0}, {"1": 0, "2": 1, "3": 1}]
     student = load_model(ModelConfig(path="tiny:student"), torch.device("cpu")).state_dict()

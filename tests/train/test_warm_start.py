@@ -3,7 +3,6 @@ both stages write their reports, the method starts from the warm stage's weights
 greedy answers are what the saved student's own generate(do_sample=False) writes. Its stages are sft and
 kd, so it also holds those two methods to the checks every method's two-step run meets
 (test_methods_two_steps.py runs the others)."""
-
 import pytest
 import torch
 from distill_helpers import _cfg, assert_a_complete_two_step_report
@@ -20,9 +19,8 @@ def test_the_method_starts_from_the_warm_stage_and_its_greedy_answers_are_genera
     cfg = _cfg(dolly_file, "warm_start=sft", "warm_steps=2", "warm_lr=0.001", "method=kd", "steps=2", "checkpoint_every=2")
     report = run_distill(cfg, str(tmp_path), progress=False)
     warm = assert_a_complete_two_step_report(tmp_path / "warm_start", "sft")
-    assert_a_complete_two_step_report(tmp_path, "kd")
-    assert (tmp_path / "warm_start" / "report.md").is_file() and report["files"]["md"].endswith("report.md")
-    assert (report["method"], report["steps"]) == ("kd", 2)
+    assert_a_complete_two_step_report(tmp_path, "kd")  # both read their stage's report.md too
+    assert report["files"]["md"].endswith("report.md")
     # the method's student actor started with exactly the weights the warm stage ended with
     assert report["start_weights"]["sha256"] == warm["evaluated_weights"]["sha256"]
     assert report["start_weights"]["sha256"] != warm["start_weights"]["sha256"]  # the warm stage changed them
