@@ -211,7 +211,7 @@ def _greedy_section(r: dict) -> list[str]:
              f"One greedy answer per held-out prompt ({n} prompts), as `generate(do_sample=False)` writes it; the teacher's own "
              "greedy answers are the yardstick. Δ with the paired-bootstrap 95% interval over prompts.", "",
              "| Metric | Better | Before | After | Δ [95% interval] | Teacher |", "|---|---|---:|---:|---|---:|"]
-    names = labels(after or before)
+    names = labels(after or before, greedy=True)
     for m in GREEDY_SHOWN:
         entry = (difference.get("all") or {}).get(m)
         lines.append(f"| {_cell_text(names[m])} | {BETTER[m]} | {_num(before.get(m), DIGITS[m])} | {_num(after.get(m), DIGITS[m])} "

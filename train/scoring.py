@@ -28,12 +28,12 @@ METRICS = {
     "kl": "kl_tokens",  # mean over the references' tokens
     "top1_agreement": "kl_tokens",
 }
-LABELS = {
-    "rouge_l": "ROUGE-L (0-100) of the student's samples against the references",
-    "teacher_nll": "teacher NLL of the student's samples, nats/token",
-    "repetition": "repetition: share of a sample's word 3-grams that already occurred earlier in it",
-    "distinct_2": "distinct-2: share of a sample's word bigrams that are distinct",
-    "looping": f"looping: share of the samples that loop (repetition above {LOOP_REPETITION})",
+LABELS = {  # {answers}: what was scored, e.g. "samples" or "greedy answers"; {answer}: one of them
+    "rouge_l": "ROUGE-L (0-100) of the student's {answers} against the references",
+    "teacher_nll": "teacher NLL of the student's {answers}, nats/token",
+    "repetition": "repetition: share of {answer}'s word 3-grams that already occurred earlier in it",
+    "distinct_2": "distinct-2: share of {answer}'s word bigrams that are distinct",
+    "looping": f"looping: share of the {{answers}} that loop (repetition above {LOOP_REPETITION})",
     "kl": "full-vocabulary KL(teacher||student), nats/token, on {n} held-out references",
     "top1_agreement": "top-1 agreement with the teacher on the same {n} held-out references",
 }
@@ -156,10 +156,12 @@ def reference_text_stats(references: dict[str, str]) -> dict:
             "distinct_2": round(sum(map(distinct_2, texts)) / len(texts), 4) + 0.0}
 
 
-def labels(summary: dict) -> dict:
-    """What each metric of a summary is, in words (the KL's names how many references it covers)."""
+def labels(summary: dict, greedy: bool = False) -> dict:
+    """What each metric of a summary is, in words (the KL's names how many references it covers);
+    greedy: the summary scores greedy answers, not samples."""
     n = summary.get("kl_references", 0)
-    return {name: label.format(n=n) for name, label in LABELS.items()}
+    answers, answer = ("greedy answers", "an answer") if greedy else ("samples", "a sample")
+    return {name: label.format(n=n, answers=answers, answer=answer) for name, label in LABELS.items()}
 
 
 def _empty(reference_tokens: int) -> dict:

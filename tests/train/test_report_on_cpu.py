@@ -154,6 +154,8 @@ def test_report_shows_greedy_metrics_beside_the_teacher_and_the_answers(tmp_path
     md = Path(write_report(tmp_path, report)["md"]).read_text()
     greedy_part = md.split("## Greedy answers")[1].split("## Answers")[0]
     looping = next(line for line in greedy_part.splitlines() if line.startswith("| looping"))
+    assert looping.startswith("| looping: share of the greedy answers that loop (repetition above 0.3) |")
+    assert "of the student's greedy answers against the references |" in greedy_part and "sample" not in greedy_part.replace("do_sample", "")
     # before: both answers loop (1.000); after: neither; teacher: neither; Δ -1.000 with its interval
     assert "| 1.000 | 0.000 | -1.000 [" in looping and looping.endswith("| 0.000 |")
     answers = md.split("## Answers")[1].split("## Training")[0]
