@@ -9,7 +9,7 @@ import ray
 import torch
 
 from actors.models import eos_ids, load_model, load_tokenizer
-from actors.pair import start_pair
+from actors.pair import start_pair, stop_pair
 from cluster.generate import GenerationFailed, generate
 from studyhall.config import load_config
 from studyhall.distill_math import divergence_logprobs
@@ -28,8 +28,7 @@ MODES = {"greedy": ["sample=false"], "sampled": ["sample=true", "seed=7"], "lone
 def pair(ray_local):
     teacher, student = start_pair(load_config("tiny", ["max_restarts=2"]))
     yield {"teacher": teacher, "student": student}
-    for actor in (teacher, student):
-        ray.kill(actor)
+    stop_pair(teacher, student)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +115,7 @@ def test_kills_beyond_max_restarts_end_the_run_and_keep_what_finished(ray_local,
             generate(cfg, None, out, limit=PROMPTS, progress=False, actors=(teacher, student))
     finally:
         killer.join()
-        ray.kill(student)
+        stop_pair(teacher, student)
     message = str(failed.value)
     assert "\n" not in message and "the teacher actor died and Ray will not restart it again (max_restarts=1" in message
     kept = [json.loads(line) for line in out.read_text().splitlines()]

@@ -6,7 +6,7 @@ import time
 import pytest
 import ray
 
-from actors.pair import start_pair
+from actors.pair import start_pair, stop_pair
 from cluster.generate import GenerationFailed, generate
 from studyhall.config import load_config
 
@@ -33,4 +33,4 @@ def test_failure_mid_run_keeps_finished_sequences(ray_local, tmp_path):
     killer.join()
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert 2 <= len(kept) < 40 and all(k["token_ids"] for k in kept)
-    ray.kill(student)
+    stop_pair(teacher, student)

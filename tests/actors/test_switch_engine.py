@@ -7,7 +7,7 @@ import ray
 import torch
 
 from actors.models import load_model
-from actors.pair import start_pair
+from actors.pair import start_pair, stop_pair
 from cluster.generate import generate
 from studyhall.config import load_config
 from studyhall.distill_math import divergence_logprobs, js
@@ -19,8 +19,7 @@ pytestmark = pytest.mark.timeout(300)
 def pair(ray_local):
     teacher, student = start_pair(load_config("tiny"))
     yield teacher, student
-    for actor in (teacher, student):
-        ray.kill(actor)
+    stop_pair(teacher, student)
 
 
 def _run(pair, tmp_path, name, overrides, limit=16):

@@ -13,7 +13,7 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 
 from actors.models import load_model
-from actors.pair import start_pair
+from actors.pair import start_pair, stop_pair
 from actors.switch_controller import SwitchController
 from studyhall.config import load_config
 from studyhall.distill_math import divergence_logprobs, js
@@ -39,8 +39,7 @@ def samples(ray_local, tiny_tokenizer):
         seqs = []
         SwitchController(teacher, student, cfg.switch, eos_ids=set()).run(items, on_finish=seqs.append)
         out[name] = seqs
-    for actor in (teacher, student):
-        ray.kill(actor)
+    stop_pair(teacher, student)
     return ids, out
 
 
