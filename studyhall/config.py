@@ -152,6 +152,11 @@ class TrainConfig:
     warm_start: str = ""
     warm_steps: int = 0  # optimizer steps of the warm_start stage
     warm_lr: float = 0.0  # peak learning rate of the warm_start stage; 0 = train.lr
+    # Weight of sequence-level unlikelihood (Welleck et al., arXiv 1908.04319) on the tokens the student wrote in its own
+    # records that close a token n-gram already in the answer: -log(1 - p) there, added to the loss; 0 = off
+    # (studyhall/unlikelihood.py). It acts where the student loops, so with greedy rollouts (switch.sample=false).
+    unlikelihood: float = 0.0
+    unlikelihood_ngram: int = 4  # n of those repeated token n-grams
 
 
 @dataclass
@@ -337,6 +342,8 @@ def _train_checks(t: TrainConfig) -> list:
         (t.warm_start in ("", *METHODS), f"train.warm_start={t.warm_start!r}: choose empty (none) or one of {', '.join(METHODS)}"),
         (not t.warm_start or t.warm_steps >= 1, f"train.warm_steps={t.warm_steps}: must be >= 1 with warm_start={t.warm_start}"),
         (t.warm_lr >= 0 and math.isfinite(t.warm_lr), f"train.warm_lr={t.warm_lr}: must be >= 0 (0 = train.lr)"),
+        (t.unlikelihood >= 0 and math.isfinite(t.unlikelihood), f"train.unlikelihood={t.unlikelihood}: must be >= 0 (0 = off)"),
+        (t.unlikelihood_ngram >= 1, f"train.unlikelihood_ngram={t.unlikelihood_ngram}: must be >= 1"),
     ]
 
 

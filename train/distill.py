@@ -263,7 +263,7 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
             "difference_greedy": compare(before["greedy"], after["greedy"], seed=cfg.switch.seed),
             "prompts": {e.id: e.messages[-1]["content"] for e in plan.val},
             "metrics": labels(after),
-            "loss_curve": [{"step": m["step"], "loss": round(m["loss"], 5), "lr": m["lr"]} for m in metrics],
+            "loss_curve": [{"step": m["step"], "loss": round(m["loss"], 5), "lr": m["lr"], "repeats": m.get("repeats", 0)} for m in metrics],
             "intervention_by_position": summary["intervention_by_position"],
             "staleness_steps": summary["staleness_steps"],
             "start_weights": {"label": "the weights the student generation actor started with (actors.weights.digest)", **start_weights},

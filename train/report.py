@@ -127,6 +127,7 @@ def _markdown(r: dict) -> str:
         f"- **Loss:** {_num(curve[0]['loss'], 4)} at step {curve[0]['step']} to {_num(curve[-1]['loss'], 4)} at step {curve[-1]['step']}"
         if curve else "- **Loss:** no steps recorded",
         _held_out_kl(r.get("val_kl_to_teacher") or {}),
+        *_unlikelihood_lines(curve, (r.get("config") or {}).get("train") or {}),
         f"- **Staleness of the generation actor's weights:** mean {_num(staleness.get('mean'), 2)} steps, max {staleness.get('max', '-')} steps",
         f"- **Teacher-pass saving:** {_flat(r.get('teacher_pass_saving')) or 'none recorded'}",
         f"- **Teacher share by position:** {_shares(r.get('intervention_by_position'))}",
@@ -361,6 +362,16 @@ def _plot_rouge_by_length(before: dict, after: dict, method: str, path: Path) ->
     ax.set_title(f"{method}: ROUGE-L by reference length")
     ax.legend(loc="upper left", ncols=2)
     _save(fig, path)
+
+
+def _unlikelihood_lines(curve: list[dict], train: dict) -> list[str]:
+    """train.unlikelihood's signal along the run: the student-written repeats it pushed down per step."""
+    if not train.get("unlikelihood") or not curve:
+        return []
+    first, last = curve[0], curve[-1]
+    return [f"- **Unlikelihood:** weight {train['unlikelihood']} on the student-written tokens that close a repeated "
+            f"{train.get('unlikelihood_ngram')}-gram: {first.get('repeats', 0)} of them at step {first['step']}, "
+            f"{last.get('repeats', 0)} at step {last['step']} (rank 0's records)"]
 
 
 def _held_out_kl(kl: dict) -> str:

@@ -182,11 +182,12 @@ def _train(config: dict) -> None:
         step += 1
         with timer("waiting"):
             records = _from_rollout(rollout.batch.remote(step, rank, world))
-        step_loss, step_tokens = 0.0, 0
+        step_loss, step_tokens, step_repeats = 0.0, 0, 0
         for part in micro_batches(records, t.micro_batch, t.group_by_length):
             with timer("forward_backward"):
-                batch = _to(collate(part, pad_id, with_teacher), engine.device)
-                loss = answer_loss(_forward(engine, batch, precision), batch, config["loss"], t.beta, t.alpha, t.loss_temperature)
+                batch = _to(collate(part, pad_id, with_teacher, t.unlikelihood_ngram if t.unlikelihood > 0 else 0), engine.device)
+                loss = answer_loss(_forward(engine, batch, precision), batch, config["loss"], t.beta, t.alpha, t.loss_temperature,
+                                   t.unlikelihood)
             if not _all_finite(loss):
                 # Stop every rank before the bad update. Returning, not raising: Ray Train would
                 # retry a raise from the last checkpoint (FailureConfig), for a loss that diverged.
@@ -201,6 +202,7 @@ def _train(config: dict) -> None:
                 engine.step()
             step_loss += loss.item() / math.ceil(len(records) / t.micro_batch)
             step_tokens += batch.tokens
+            step_repeats += int(batch.repeats.sum()) if batch.repeats is not None else 0
             run_positions += batch.positions
         trained_tokens += step_tokens
         mean_loss = _mean_over_ranks(step_loss, world)
@@ -225,7 +227,8 @@ def _train(config: dict) -> None:
         elapsed = time.perf_counter() - started
         metrics = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
                    "tokens": trained_tokens * world, "tokens_per_s": trained_tokens * world / max(elapsed, 1e-9),
-                   "padding_share": 1 - trained_tokens / max(run_positions, 1)}  # rank 0's micro-batches so far
+                   "padding_share": 1 - trained_tokens / max(run_positions, 1),  # rank 0's micro-batches so far
+                   "repeats": step_repeats}  # rank 0's student-written repeats this step (train.unlikelihood's positions)
         with timer("checkpoint"):
             if step % t.checkpoint_every == 0 or step == t.steps:
                 _report_with_checkpoint(engine, metrics, rank)
@@ -249,7 +252,7 @@ def _forward(engine, batch, precision, module=None):
 
 
 def _to(batch, device):
-    for name in ("input_ids", "attention_mask", "targets", "loss_mask", "teacher_ids", "teacher_logp"):
+    for name in ("input_ids", "attention_mask", "targets", "loss_mask", "teacher_ids", "teacher_logp", "repeats"):
         value = getattr(batch, name)
         if value is not None:
             setattr(batch, name, value.to(device))

@@ -181,3 +181,14 @@ def test_report_names_the_warm_start_and_the_change_from_before_it(tmp_path):
     assert "- **Warm start:** `sft` for 8 steps at lr 0.001 from `embedded:student` (its report: `/tmp/out/warm_start/report.md`)" in md
     line = next(x for x in md.splitlines() if x.startswith("- **From before the warm start to after this run (greedy):**"))
     assert "Looping 1.000 → 0.000 [" in line
+
+
+def test_report_shows_the_unlikelihood_terms_positions_first_and_last_only_when_it_is_on(tmp_path):
+    report = make_report()
+    for entry, repeats in zip(report["loss_curve"], range(40, 0, -3)):
+        entry["repeats"] = repeats
+    assert "Unlikelihood" not in Path(write_report(tmp_path / "off", report)["md"]).read_text()
+    report["config"]["train"] |= {"unlikelihood": 1.0, "unlikelihood_ngram": 4}
+    md = Path(write_report(tmp_path / "on", report)["md"]).read_text()
+    assert ("- **Unlikelihood:** weight 1.0 on the student-written tokens that close a repeated 4-gram: "
+            "40 of them at step 1, 7 at step 12 (rank 0's records)") in md
