@@ -152,9 +152,9 @@ class TrainConfig:
     warm_start: str = ""
     warm_steps: int = 0  # optimizer steps of the warm_start stage
     warm_lr: float = 0.0  # peak learning rate of the warm_start stage; 0 = train.lr
-    # Weight of sequence-level unlikelihood (Welleck et al., arXiv 1908.04319) on the tokens the student wrote in its own
-    # records that close a token n-gram already in the answer: -log(1 - p) there, added to the loss; 0 = off
-    # (studyhall/unlikelihood.py). It acts where the student loops, so with greedy rollouts (switch.sample=false).
+    # Sequence-level unlikelihood (Welleck et al., arXiv 1908.04319) against the student's greedy loops: each step the
+    # student also answers the step's prompts greedily, and this weight x the mean of -log(1 - p) over the tokens of those
+    # answers that close a token n-gram already in them is added to the loss (studyhall/unlikelihood.py); 0 = off
     unlikelihood: float = 0.0
     unlikelihood_ngram: int = 4  # n of those repeated token n-grams
 

@@ -5,13 +5,15 @@ A small student distilled for a few hundred steps loops under greedy decoding ("
 bread"), and the distillation losses cannot stop it: given a looping context, the teacher predicts
 the loop too, so matching the teacher at those positions teaches the loop. Welleck et al. mark each
 token of the model's own continuation that completes a token n-gram already in it, and add
--log(1 - p(token)) at those positions. Here the marks come from the tokens the student wrote in its
-on-policy records (SWITCH, AdaSwitch, SKD, GKD and DistiLLM samples); teacher-written tokens and
-reference answers are never marked, so a repetition the teacher chose is left alone.
+-log(1 - p(token)) at those positions, beside the likelihood loss on the data. Here, as there, the
+continuations are the student's own greedy answers to each step's prompts (records of source
+OWN_GREEDY), which carry no distillation loss: the method's records train as they always do.
 
 No Ray, no I/O.
 """
 import torch
+
+OWN_GREEDY = "own_greedy"  # the source of the records this term reads: the student's greedy answers
 
 
 def repeat_marks(token_ids: list[int], from_teacher: list[bool] | None, n: int) -> list[bool]:

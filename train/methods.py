@@ -26,6 +26,7 @@ NEEDS_SHARED_VOCAB = {"kd", "gkd", "skd", "distillm", "switch", "adaswitch"}  # 
 # teacher's log-probs from one plain teacher pass; the others: the SWITCH engine in that mode
 # (train.rollout.engine_settings), whose records come with the teacher's log-probs already.
 SOURCES = ("data", "scored_data", "student", "teacher", "switch", "skd", "adaswitch")
+# (train.unlikelihood adds the rollout's own source, studyhall.unlikelihood.OWN_GREEDY, to every method's steps.)
 
 
 def loss_for(method: str, loss: str) -> str:

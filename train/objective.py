@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from studyhall.distill_math import DISTILL_LOSSES, cross_entropy_loss, gather_buckets, tempered, with_rest_bucket
-from studyhall.unlikelihood import repeat_marks, unlikelihood_loss
+from studyhall.unlikelihood import OWN_GREEDY, repeat_marks, unlikelihood_loss
 
 
 @dataclass
@@ -17,10 +17,12 @@ class MicroBatch:
     input_ids: torch.Tensor  # [B, L] prompt + response, right-padded
     attention_mask: torch.Tensor  # [B, L]
     targets: torch.Tensor  # [B, L-1] the next token at each position
-    loss_mask: torch.Tensor  # [B, L-1] True where the next token is a response token
+    loss_mask: torch.Tensor  # [B, L-1] True where the next token is a response token the distillation loss reads
     teacher_ids: torch.Tensor | None  # [B, L-1, k]
     teacher_logp: torch.Tensor | None  # [B, L-1, k]
-    repeats: torch.Tensor | None = None  # [B, L-1] True where the next token is a student-written repeat (studyhall/unlikelihood.py)
+    # [B, L-1] True where the next token closes a repeated n-gram of the student's own greedy answer
+    # (studyhall/unlikelihood.py); those rows are outside loss_mask. None: no unlikelihood rows.
+    repeats: torch.Tensor | None = None
 
     @property
     def tokens(self) -> int:
@@ -32,52 +34,69 @@ class MicroBatch:
         return self.input_ids.numel()
 
     @property
+    def read_positions(self) -> torch.Tensor:
+        """[B, L-1] every position a loss reads: the distillation's and the unlikelihood's."""
+        return self.loss_mask if self.repeats is None else self.loss_mask | self.repeats
+
+    @property
     def logit_positions(self) -> torch.Tensor:
         """[B, L] True where the loss reads the student's logits: position i predicts token i + 1."""
-        return torch.nn.functional.pad(self.loss_mask, (0, 1), value=False)
+        return torch.nn.functional.pad(self.read_positions, (0, 1), value=False)
 
 
-def collate(records: list[dict], pad_id: int, with_teacher: bool, repeat_ngram: int = 0) -> MicroBatch:
-    """repeat_ngram > 0 also marks the student-written tokens that close a repeated token n-gram."""
+def collate(records: list[dict], pad_id: int, with_teacher: bool, repeat_ngram: int = 4) -> MicroBatch:
+    """Records of source OWN_GREEDY become unlikelihood rows: no distillation loss, their repeated
+    token n-grams (n = repeat_ngram) marked in `repeats`. Every other record is a distillation row."""
     width = max(len(r["prompt_token_ids"]) + len(r["token_ids"]) for r in records)
     b = len(records)
     ids = torch.full((b, width), pad_id, dtype=torch.long)
     attention = torch.zeros(b, width, dtype=torch.long)
     loss_mask = torch.zeros(b, width - 1, dtype=torch.bool)
-    k = len(records[0]["teacher_topk_ids"][0]) if with_teacher else 0
+    own = [r.get("source") == OWN_GREEDY for r in records]
+    k = next((len(r["teacher_topk_ids"][0]) for r, o in zip(records, own) if not o), 0) if with_teacher else 0
     t_ids = torch.zeros(b, width - 1, k, dtype=torch.long) if with_teacher else None
     t_logp = torch.zeros(b, width - 1, k) if with_teacher else None
-    repeats = torch.zeros(b, width - 1, dtype=torch.bool) if repeat_ngram > 0 else None
-    for row, r in enumerate(records):
+    repeats = torch.zeros(b, width - 1, dtype=torch.bool) if any(own) else None
+    for row, (r, is_own) in enumerate(zip(records, own)):
         p, n = len(r["prompt_token_ids"]), len(r["token_ids"])
         ids[row, :p + n] = torch.tensor(r["prompt_token_ids"] + r["token_ids"])
         attention[row, :p + n] = 1
-        loss_mask[row, p - 1:p + n - 1] = True  # position i predicts token i + 1
+        answer = slice(p - 1, p + n - 1)  # position i predicts token i + 1
+        if is_own:
+            repeats[row, answer] = torch.tensor(repeat_marks(r["token_ids"], r.get("from_teacher"), repeat_ngram), dtype=torch.bool)
+            continue
+        loss_mask[row, answer] = True
         if with_teacher:
-            t_ids[row, p - 1:p + n - 1] = torch.tensor(r["teacher_topk_ids"], dtype=torch.long)
-            t_logp[row, p - 1:p + n - 1] = torch.tensor(r["teacher_topk_logprobs"], dtype=torch.float32)
-        if repeats is not None:
-            repeats[row, p - 1:p + n - 1] = torch.tensor(repeat_marks(r["token_ids"], r.get("from_teacher"), repeat_ngram), dtype=torch.bool)
+            t_ids[row, answer] = torch.tensor(r["teacher_topk_ids"], dtype=torch.long)
+            t_logp[row, answer] = torch.tensor(r["teacher_topk_logprobs"], dtype=torch.float32)
     return MicroBatch(ids, attention, ids[:, 1:], loss_mask, t_ids, t_logp, repeats)
+
+
+def with_own_greedy(parts: list[list[dict]], records: list[dict]) -> list[list[dict]]:
+    """Each micro-batch of distillation records, joined by an equal share of the OWN_GREEDY records:
+    the micro-batch count, and so DeepSpeed's gradient accumulation, stays the method's."""
+    own = [r for r in records if r.get("source") == OWN_GREEDY]
+    return [part + own[i::len(parts)] for i, part in enumerate(parts)]
 
 
 def distill_loss(logits: torch.Tensor, batch: MicroBatch, loss: str, beta: float, alpha: float, temperature: float,
                  unlikelihood: float = 0.0) -> torch.Tensor:
-    """The loss over response positions; `logits` [B, L, V] from the student on batch.input_ids."""
+    """The loss over the positions it reads; `logits` [B, L, V] from the student on batch.input_ids."""
     return answer_loss(logits[batch.logit_positions], batch, loss, beta, alpha, temperature, unlikelihood)
 
 
 def answer_loss(logits: torch.Tensor, batch: MicroBatch, loss: str, beta: float, alpha: float, temperature: float,
                 unlikelihood: float = 0.0) -> torch.Tensor:
-    """The same loss from the student's logits at the response positions alone: [N, V], row-major over
-    batch.loss_mask (train.answer_logits). Every loss is a mean over response tokens, so the flat layout
-    gives the same value. The log-softmax and divergence math run in float32 whatever the logits' dtype.
-    unlikelihood > 0 adds that weight x the unlikelihood of the batch's marked repeats (batch.repeats)."""
-    base = _distillation(logits, batch, loss, beta, alpha, temperature)
-    if unlikelihood <= 0 or batch.repeats is None:
-        return base
-    mask = batch.loss_mask
-    return base + unlikelihood * unlikelihood_loss(logits, batch.targets[mask], batch.repeats[mask])
+    """The same loss from the student's logits at the positions the losses read alone: [N, V], row-major
+    over batch.read_positions (train.answer_logits). Every loss is a mean over its tokens, so the flat
+    layout gives the same value. The log-softmax and divergence math run in float32 whatever the
+    logits' dtype. With unlikelihood rows (batch.repeats), adds `unlikelihood` x their unlikelihood."""
+    if batch.repeats is None:
+        return _distillation(logits, batch, loss, beta, alpha, temperature)
+    read = batch.read_positions
+    base = _distillation(logits[batch.loss_mask[read]], batch, loss, beta, alpha, temperature)
+    marked = batch.repeats[read]
+    return base + unlikelihood * unlikelihood_loss(logits, batch.targets[read], marked)
 
 
 def _distillation(logits, batch, loss, beta, alpha, temperature):

@@ -365,13 +365,13 @@ def _plot_rouge_by_length(before: dict, after: dict, method: str, path: Path) ->
 
 
 def _unlikelihood_lines(curve: list[dict], train: dict) -> list[str]:
-    """train.unlikelihood's signal along the run: the student-written repeats it pushed down per step."""
+    """train.unlikelihood's signal along the run: how many looping tokens the student's greedy answers had."""
     if not train.get("unlikelihood") or not curve:
         return []
     first, last = curve[0], curve[-1]
-    return [f"- **Unlikelihood:** weight {train['unlikelihood']} on the student-written tokens that close a repeated "
-            f"{train.get('unlikelihood_ngram')}-gram: {first.get('repeats', 0)} of them at step {first['step']}, "
-            f"{last.get('repeats', 0)} at step {last['step']} (rank 0's records)"]
+    return [f"- **Unlikelihood:** weight {train['unlikelihood']} on the tokens of the student's own greedy answers that close a "
+            f"repeated {train.get('unlikelihood_ngram')}-gram: {first.get('repeats', 0)} such tokens at step {first['step']}, "
+            f"{last.get('repeats', 0)} at step {last['step']} (rank 0's share of the step's answers)"]
 
 
 def _held_out_kl(kl: dict) -> str:

@@ -21,6 +21,7 @@ from actors.weights import Packet
 from studyhall.config import Config, SwitchConfig
 from studyhall.prompts import PromptItem
 from studyhall.threads import pair_contends_with_trainer
+from studyhall.unlikelihood import OWN_GREEDY
 from train.batches_ahead import BatchesAhead
 from train.data import Example, load_references, prompt_token_ids, render_prompt, save_references
 from train.methods import Need, make_method
@@ -43,6 +44,8 @@ def engine_settings(switch: SwitchConfig, mode: str, seed: int) -> SwitchConfig:
         # blocks grow to gamma_max, and the other model scores each in one forward.
         "student": {"divergence": "js", "schedule": "constant", "tau0": STUDENT_ONLY_TAU, "mode": "block"},
         "teacher": {"divergence": "js", "schedule": "constant", "tau0": 0.0, "mode": "block"},  # any JS > 0: the teacher's token
+        # train.unlikelihood's records: the student's greedy answers, where its loops show (studyhall/unlikelihood.py)
+        OWN_GREEDY: {"divergence": "js", "schedule": "constant", "tau0": STUDENT_ONLY_TAU, "mode": "block", "sample": False},
     }
     return dataclasses.replace(switch, seed=seed, **modes[mode])
 
@@ -119,7 +122,10 @@ class Rollout:
         if not self.batch_cache or self.batch_cache[0] != step:
             self.batch_cache = (step, self.ahead.get(step))
         self.last_step = max(self.last_step, step)
-        return self.batch_cache[1][rank::world]
+        records = self.batch_cache[1]
+        distill = [r for r in records if r.get("source") != OWN_GREEDY]
+        own = [r for r in records if r.get("source") == OWN_GREEDY]
+        return distill[rank::world] + own[rank::world]
 
     @with_models
     def _make_batch(self, step: int) -> list[dict]:
@@ -127,9 +133,12 @@ class Rollout:
         before asking for step s, so a batch made while step s trains has staleness 1."""
         self.staleness[step] = step - 1 - self.weights_step
         started = time.perf_counter()
-        needs = self.method.plan(step, self.cfg.train.global_batch)
+        n = self.cfg.train.global_batch
+        needs = self.method.plan(step, n)
         seed = self.method.seed(step)
         records = self.method.assemble(needs, [self.records_for(need, seed) for need in needs])
+        if self.cfg.train.unlikelihood > 0:  # the student's own greedy answers to the same prompts
+            records += self.records_for(Need(OWN_GREEDY, self.method.examples(step, n)), seed)
         self.generation_seconds[step] = time.perf_counter() - started
         return records
 
@@ -251,6 +260,8 @@ class Rollout:
         records = [done[i] for i in range(len(examples))]
         for r in records:
             r["source"] = mode
+            if mode == OWN_GREEDY:
+                continue  # the unlikelihood reads no teacher log-probs
             self.counts["reused_positions"] += len(r["token_ids"])
             if mode in ("switch", "skd", "adaswitch"):
                 for t, teacher in enumerate(r["from_teacher"]):

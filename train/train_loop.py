@@ -24,8 +24,9 @@ import torch.distributed as dist
 from actors.models import load_model, load_tokenizer
 from actors.weights import pack
 from studyhall.threads import trainer_threads
+from studyhall.unlikelihood import OWN_GREEDY
 from train.answer_logits import AnswerLogitsLM
-from train.objective import answer_loss, collate, micro_batches
+from train.objective import answer_loss, collate, micro_batches, with_own_greedy
 from train.phases import PhaseTimer
 from train.precision import resolve as resolve_precision
 
@@ -183,9 +184,10 @@ def _train(config: dict) -> None:
         with timer("waiting"):
             records = _from_rollout(rollout.batch.remote(step, rank, world))
         step_loss, step_tokens, step_repeats = 0.0, 0, 0
-        for part in micro_batches(records, t.micro_batch, t.group_by_length):
+        distill_records = [r for r in records if r.get("source") != OWN_GREEDY]
+        for part in with_own_greedy(micro_batches(distill_records, t.micro_batch, t.group_by_length), records):
             with timer("forward_backward"):
-                batch = _to(collate(part, pad_id, with_teacher, t.unlikelihood_ngram if t.unlikelihood > 0 else 0), engine.device)
+                batch = _to(collate(part, pad_id, with_teacher, t.unlikelihood_ngram), engine.device)
                 loss = answer_loss(_forward(engine, batch, precision), batch, config["loss"], t.beta, t.alpha, t.loss_temperature,
                                    t.unlikelihood)
             if not _all_finite(loss):
@@ -200,7 +202,7 @@ def _train(config: dict) -> None:
                 engine.backward(loss)
             with timer("optimizer"):
                 engine.step()
-            step_loss += loss.item() / math.ceil(len(records) / t.micro_batch)
+            step_loss += loss.item() / math.ceil(len(distill_records) / t.micro_batch)
             step_tokens += batch.tokens
             step_repeats += int(batch.repeats.sum()) if batch.repeats is not None else 0
             run_positions += batch.positions
@@ -228,7 +230,7 @@ def _train(config: dict) -> None:
         metrics = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
                    "tokens": trained_tokens * world, "tokens_per_s": trained_tokens * world / max(elapsed, 1e-9),
                    "padding_share": 1 - trained_tokens / max(run_positions, 1),  # rank 0's micro-batches so far
-                   "repeats": step_repeats}  # rank 0's student-written repeats this step (train.unlikelihood's positions)
+                   "repeats": step_repeats}  # this rank's looping tokens in the student's greedy answers (train.unlikelihood)
         with timer("checkpoint"):
             if step % t.checkpoint_every == 0 or step == t.steps:
                 _report_with_checkpoint(engine, metrics, rank)

@@ -15,9 +15,15 @@ pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 # sft and kd run as the two stages of test_warm_start.py, which holds both to these same checks.
 @pytest.mark.parametrize("method", ["seqkd", "gkd", "distillm", "switch"])
 def test_every_method_runs_two_steps(method, dolly_file, tmp_path):
-    cfg = _cfg(dolly_file, f"method={method}", "steps=2", "checkpoint_every=2", "gkd_lambda=0.5", "distillm_p_init=0.5")
+    # gkd also runs train.unlikelihood: the student's greedy answers join its student and data records
+    extra = ["unlikelihood=1.0"] if method == "gkd" else []
+    cfg = _cfg(dolly_file, f"method={method}", "steps=2", "checkpoint_every=2", "gkd_lambda=0.5", "distillm_p_init=0.5", *extra)
     report = run_distill(cfg, str(tmp_path), progress=False)
     saved = assert_a_complete_two_step_report(tmp_path, method)
+    if extra:
+        repeats = [entry["repeats"] for entry in saved["loss_curve"]]
+        assert len(repeats) == 2 and all(isinstance(r, int) and r >= 0 for r in repeats)
+        assert f"{repeats[0]} such tokens at step 1, {repeats[1]} at step 2" in (tmp_path / "report.md").read_text()
     if method == "switch":
         # tiny with overlap: the pair and the trainer run 3 threads on 1.5 CPUs, so one SWITCH group
         # makes every training row (2 steps of 4), the second group none

@@ -1,36 +1,55 @@
-"""train.unlikelihood in the trainer's objective: collate marks only the student-written repeats, at
-the positions that predict them, and the loss adds weight x the unlikelihood."""
+"""train.unlikelihood in the trainer's objective: the student's own greedy answers (OWN_GREEDY records)
+become unlikelihood rows with their repeats marked and no distillation loss; the method's records
+keep exactly the loss they had; the micro-batch count stays the method's."""
 import pytest
 import torch
 
-from studyhall.unlikelihood import unlikelihood_loss
-from train.objective import answer_loss, collate
+from studyhall.unlikelihood import OWN_GREEDY, unlikelihood_loss
+from train.objective import answer_loss, collate, distill_loss, micro_batches, with_own_greedy
 
 
-def _record(tokens, from_teacher, prompt=(5, 6, 7), k=2):
-    record = {"prompt_token_ids": list(prompt), "token_ids": tokens,
-              "teacher_topk_ids": [[1, 2]] * len(tokens), "teacher_topk_logprobs": [[-0.5, -1.5]] * len(tokens)}
-    if from_teacher is not None:
-        record["from_teacher"] = from_teacher
-    return record
+def _record(tokens, source="switch", prompt=(5, 6, 7)):
+    g = torch.Generator().manual_seed(len(tokens) * 31 + len(prompt))
+    logp = torch.log_softmax(torch.randn(len(tokens), 9, generator=g), -1).topk(3, -1)
+    return {"prompt_token_ids": list(prompt), "token_ids": list(tokens), "source": source,
+            "from_teacher": [source == "teacher"] * len(tokens),
+            "teacher_topk_ids": logp.indices.tolist(), "teacher_topk_logprobs": logp.values.tolist()}
 
 
-def test_collate_marks_student_repeats_at_the_positions_that_predict_them():
-    switch = _record([1, 2, 1, 2, 3], [False, False, False, True, False])  # the teacher wrote the second 2
-    data = _record([1, 2, 1, 2], None)  # a reference answer, longer prompt
-    batch = collate([switch, data], pad_id=0, with_teacher=True, repeat_ngram=1)
+def test_own_greedy_rows_are_marked_and_outside_the_distillation_loss():
+    method = _record([1, 2, 1, 2, 3])  # repeats, but a method's record: never marked
+    own = _record([1, 2, 1, 2, 3], source=OWN_GREEDY, prompt=(5, 6))
+    batch = collate([method, own], pad_id=0, with_teacher=True, repeat_ngram=1)
     # position i predicts token i + 1: the answer's token t sits at prompt_len - 1 + t
-    assert batch.repeats.tolist() == [[False, False, False, False, True, False, False],
-                                      [False] * 7]
-    assert collate([switch], pad_id=0, with_teacher=True).repeats is None  # off unless asked for
+    assert batch.loss_mask.tolist() == [[False, False, True, True, True, True, True], [False] * 7]
+    assert batch.repeats.tolist() == [[False] * 7, [False, False, False, True, True, False, False]]
+    assert collate([method], pad_id=0, with_teacher=True).repeats is None  # no own rows: as before
 
 
-def test_answer_loss_adds_weight_times_the_unlikelihood_and_nothing_at_weight_zero():
+def test_the_method_rows_keep_their_exact_loss_and_the_unlikelihood_is_added_with_its_weight():
     torch.manual_seed(0)
-    batch = collate([_record([1, 2, 1, 2, 1, 2], [False] * 6)], pad_id=0, with_teacher=True, repeat_ngram=2)
-    logits = torch.randn(int(batch.loss_mask.sum()), 9)
-    plain = answer_loss(logits, batch, "fkl", 0.5, 0.1, 1.0)
-    assert answer_loss(logits, batch, "fkl", 0.5, 0.1, 1.0, unlikelihood=0.0).item() == plain.item()
-    ul = unlikelihood_loss(logits, batch.targets[batch.loss_mask], batch.repeats[batch.loss_mask])
-    assert ul.item() > 0
-    assert answer_loss(logits, batch, "fkl", 0.5, 0.1, 1.0, unlikelihood=0.5).item() == pytest.approx(plain.item() + 0.5 * ul.item(), rel=1e-6)
+    method = [_record([1, 2, 3, 4]), _record([4, 3, 2, 1, 8], prompt=(6, 5, 4, 3))]
+    own = [_record([1, 2, 3, 1, 2, 3, 1, 2], source=OWN_GREEDY), _record([7, 7, 7, 7], source=OWN_GREEDY, prompt=(2,))]
+    alone, joined = collate(method, 0, True), collate(method + own, 0, True, repeat_ngram=2)
+    full = torch.randn(*joined.input_ids.shape, 9)  # [B, L, V] as a student would give
+    # the method rows alone, padded to the joined batch's width: the same rows' logits
+    plain = distill_loss(full[:2, :alone.input_ids.shape[1]], alone, "fkl", 0.5, 0.1, 1.0)
+    expected_ul = unlikelihood_loss(full[:, :-1][joined.repeats], joined.targets[joined.repeats], torch.ones(int(joined.repeats.sum()), dtype=torch.bool))
+    assert int(joined.repeats.sum()) == 4 + 2  # tokens 4-7 close a 2-gram seen at 1-3; (7,7) at tokens 2 and 3
+    for weight in (0.0, 0.5):
+        got = distill_loss(full, joined, "fkl", 0.5, 0.1, 1.0, unlikelihood=weight)
+        assert got.item() == pytest.approx(plain.item() + weight * expected_ul.item(), rel=1e-6)
+    # the flat answer-logits path reads the same positions in the same order
+    flat = full[joined.logit_positions]
+    assert answer_loss(flat, joined, "fkl", 0.5, 0.1, 1.0, 0.5).item() == pytest.approx(
+        distill_loss(full, joined, "fkl", 0.5, 0.1, 1.0, 0.5).item(), rel=1e-6)
+
+
+def test_own_greedy_records_spread_over_the_methods_micro_batches():
+    method = [_record([i + 1]) for i in range(8)]
+    own = [_record([i + 1], source=OWN_GREEDY) for i in range(8)]
+    parts = with_own_greedy(micro_batches(method, 4), method + own)
+    assert len(parts) == 2
+    assert [sum(r["source"] == OWN_GREEDY for r in p) for p in parts] == [4, 4]
+    assert sorted(id(r) for p in parts for r in p) == sorted(id(r) for r in method + own)
+    assert with_own_greedy(micro_batches(method, 4), method) == micro_batches(method, 4)
