@@ -216,6 +216,31 @@ class LMWorker:
             out.append(record)
         return out
 
+    @torch.no_grad()
+    def generate_alone(self, prompts: list[list[int]], eos: list[int], chunk: int = 16) -> list[list[int]]:
+        """This model alone answers each prompt under the configured settings (max_new_tokens,
+        sample, temperature, top_p, seed), with HF `generate`: for a pair whose tokenizers differ,
+        where the other model cannot score these tokens (train/cross_vocab.py). Each answer ends at
+        its first end-of-turn id, which it keeps, or at max_new_tokens."""
+        s, model = self.switch, self._model()
+        torch.manual_seed(s.seed * 10 + ROLE_SEED_OFFSET.get(self.role, 0))  # generate draws from the global generator
+        sampling = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": 0} if s.sample else {"do_sample": False}
+        answers = []
+        for start in range(0, len(prompts), chunk):
+            part = prompts[start:start + chunk]
+            width = max(map(len, part))
+            ids = torch.full((len(part), width), eos[0], dtype=torch.long)
+            mask = torch.zeros(len(part), width, dtype=torch.long)
+            for row, prompt in enumerate(part):  # left-padded, so every row's answer starts at `width`
+                ids[row, width - len(prompt):] = torch.tensor(prompt)
+                mask[row, width - len(prompt):] = 1
+            out = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=s.max_new_tokens,
+                                 eos_token_id=list(eos), pad_token_id=eos[0], **sampling)
+            for row in out[:, width:].tolist():
+                ends = [i for i, t in enumerate(row) if t in eos]
+                answers.append(row[:ends[0] + 1] if ends else row)
+        return answers
+
     # Full-vocabulary KL to the teacher on fixed answers: the teacher's whole distributions go from
     # its actor to the student's through the object store (the caller passes the ref along), never
     # through the caller. Both at temperature 1: the models' own distributions.

@@ -11,18 +11,21 @@ from actors.models import context_length, load_tokenizer, model_config
 from studyhall.config import Config, ConfigError
 
 
-def check_pair(cfg: Config):
-    """Before any actor starts: both models resolve, share a vocabulary, and fit the prompts.
+def check_pair(cfg: Config, across_tokenizers: bool = False):
+    """Before any actor starts: both models resolve, share a vocabulary (unless `across_tokenizers`:
+    the caller knows how to bridge two), and fit the prompts.
 
-    Returns (tokenizer, context length shared by both models).
+    Returns (the student's tokenizer, context length shared by both models).
     """
     teacher_tok = load_tokenizer(cfg.teacher.path, cfg.teacher.trust_remote_code)
     student_tok = load_tokenizer(cfg.student.path, cfg.student.trust_remote_code)
+    configs = model_config(cfg.teacher), model_config(cfg.student)
+    if across_tokenizers:
+        return student_tok, min(context_length(c) for c in configs)
     if teacher_tok.get_vocab() != student_tok.get_vocab():
         raise ConfigError(
             f"teacher {cfg.teacher.path!r} and student {cfg.student.path!r} use different vocabularies; "
             "SWITCH compares next-token distributions, so both must share one tokenizer")
-    configs = model_config(cfg.teacher), model_config(cfg.student)
     if configs[0].vocab_size != configs[1].vocab_size:
         raise ConfigError(f"teacher vocab_size {configs[0].vocab_size} != student vocab_size {configs[1].vocab_size}")
     return student_tok, min(context_length(c) for c in configs)

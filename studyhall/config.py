@@ -157,6 +157,10 @@ class TrainConfig:
     # answers that close a token n-gram already in them is added to the loss (studyhall/unlikelihood.py); 0 = off
     unlikelihood: float = 0.0
     unlikelihood_ngram: int = 4  # n of those repeated token n-grams
+    # A teacher and student with different tokenizers (kd, gkd, distillm; train/cross_vocab.py): the loss is GOLD's
+    # hybrid, the method's divergence over the tokens whose text both vocabularies share plus this weight x ULD's
+    # sorted-probability distance (Boizard et al., arXiv 2402.12030) over the teacher's other top-k tokens
+    uld_weight: float = 1.0
 
 
 @dataclass
@@ -344,6 +348,7 @@ def _train_checks(t: TrainConfig) -> list:
         (t.warm_lr >= 0 and math.isfinite(t.warm_lr), f"train.warm_lr={t.warm_lr}: must be >= 0 (0 = train.lr)"),
         (t.unlikelihood >= 0 and math.isfinite(t.unlikelihood), f"train.unlikelihood={t.unlikelihood}: must be >= 0 (0 = off)"),
         (t.unlikelihood_ngram >= 1, f"train.unlikelihood_ngram={t.unlikelihood_ngram}: must be >= 1"),
+        (t.uld_weight >= 0, f"train.uld_weight={t.uld_weight}: must be >= 0"),
     ]
 
 

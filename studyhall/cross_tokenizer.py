@@ -13,6 +13,9 @@ import torch
 from studyhall.distill_math import DISTILL_LOSSES, masked_mean, with_rest_bucket
 
 NO_TEXT = ""  # the string of a token that stands for no text on its own; it never matches another token
+# The log-prob of an emptied bucket: its probability underflows to exactly 0 in float32, yet, unlike -inf, it keeps
+# the gradients of log-softmax and of JSD's mixture finite (-inf - -inf there is NaN, and log-softmax spreads it).
+EMPTY = -1.0e4
 
 
 # ---- vocabularies --------------------------------------------------------------------------------
@@ -109,6 +112,13 @@ def uld_distance(p_teacher: torch.Tensor, p_student: torch.Tensor) -> torch.Tens
     return (sorted_padded(p_teacher) - sorted_padded(p_student)).abs().sum(-1)
 
 
+def unreached_ids(id_map: torch.Tensor, student_vocab: int) -> torch.Tensor:
+    """[student_vocab] bool: the student ids no teacher token maps to (computed once per pair)."""
+    unreached = torch.ones(student_vocab, dtype=torch.bool)
+    unreached[id_map[id_map >= 0]] = False
+    return unreached
+
+
 def hybrid_loss(student_logp, teacher_ids, teacher_logp, id_map, uld_weight: float) -> torch.Tensor:
     """GOLD's hybrid over N aligned positions: exact forward KL on shared tokens, ULD on the rest.
 
@@ -118,25 +128,37 @@ def hybrid_loss(student_logp, teacher_ids, teacher_logp, id_map, uld_weight: flo
     With one tokenizer (id_map the identity) every entry is matched and the result is distill_math's
     "fkl" over the k+1 buckets, as train.objective.answer_loss computes it at temperature 1.
     """
-    k = teacher_ids.shape[-1]
-    none = float("-inf")
     mapped = id_map.to(teacher_ids.device)[teacher_ids]  # [N, k] the student's id for each entry, or -1
-    matched = mapped >= 0
-    rows = torch.ones(teacher_ids.shape[0], device=student_logp.device)
+    return mapped_hybrid_loss(student_logp, mapped, with_rest_bucket(teacher_logp.float()), unreached_ids(id_map, student_logp.shape[-1]),
+                              uld_weight)
 
-    # Shared tokens: KL(T || S) over k+1 buckets. An unmatched entry gets no bucket of its own (-inf on
-    # both sides adds 0): its teacher mass falls in the teacher's rest, and whatever the student puts on
-    # that text, through tokens the map does not reach, falls in the student's own rest.
-    student = with_rest_bucket(student_logp.gather(-1, mapped.clamp(min=0)).masked_fill(~matched, none))
-    teacher = with_rest_bucket(teacher_logp.float().masked_fill(~matched, none))
-    shared = DISTILL_LOSSES["fkl"](student, teacher, rows, {"temperature": 1.0})
+
+def mapped_hybrid_loss(student_logp, mapped, teacher_buckets, unreached, uld_weight: float, loss: str = "fkl",
+                       options: dict | None = None) -> torch.Tensor:
+    """`hybrid_loss` as a trainer holding the student's vocabulary alone computes it: the teacher's
+    top-k already mapped to student ids (`mapped` [N, k], -1 where its text is no student token), its
+    log-probs as k+1 buckets (`teacher_buckets` [N, k+1], the top-k then the rest, as
+    distill_math.with_rest_bucket makes them), and `unreached` from `unreached_ids`. `loss` names the
+    divergence over the shared buckets, any of distill_math.DISTILL_LOSSES (each is 0 x log 0 safe for
+    the emptied buckets), with its `options`. With every entry matched and nothing unreached, this is
+    exactly that loss over the k+1 buckets."""
+    matched = mapped >= 0
+    rows = torch.ones(mapped.shape[0], device=student_logp.device)
+    k = mapped.shape[-1]
+    teacher_top, teacher_rest = teacher_buckets[..., :k].float(), teacher_buckets[..., k:].float()
+
+    # Shared tokens: the divergence over k+1 buckets. An unmatched entry gets no bucket of its own (EMPTY
+    # on both sides adds 0): its teacher mass moves to the teacher's rest, and whatever the student puts
+    # on that text, through tokens the map does not reach, falls in the student's own rest.
+    student = with_rest_bucket(student_logp.gather(-1, mapped.clamp(min=0)).masked_fill(~matched, EMPTY))
+    unmatched_mass = teacher_top.masked_fill(matched, float("-inf")).logsumexp(-1, keepdim=True)  # no gradient: the teacher's
+    teacher = torch.cat([teacher_top.masked_fill(~matched, EMPTY), torch.logaddexp(teacher_rest, unmatched_mass)], dim=-1)
+    shared = DISTILL_LOSSES[loss](student, teacher, rows, {"temperature": 1.0, "beta": 0.5, "alpha": 0.1, **(options or {})})
 
     # The rest: ULD between the teacher's unmatched top-k probabilities and the student's k largest
     # probabilities among tokens no teacher token maps to. Only k on the student side: the teacher's
     # unmatched mass beyond its top-k is unknown, and comparing more would push those student tokens
     # towards zero. Neither side is renormalised, so the unmatched masses must agree too.
-    unreached = torch.ones(student_logp.shape[-1], dtype=torch.bool, device=student_logp.device)
-    unreached[id_map[id_map >= 0].to(student_logp.device)] = False
-    student_rest = student_logp.masked_fill(~unreached, none).topk(min(k, student_logp.shape[-1]), dim=-1).values.exp()
-    teacher_rest = teacher_logp.float().exp().masked_fill(matched, 0.0)
-    return shared + uld_weight * masked_mean(uld_distance(teacher_rest, student_rest), rows)
+    unreached = unreached.to(student_logp.device)
+    student_rest = student_logp.masked_fill(~unreached, EMPTY).topk(min(k, student_logp.shape[-1]), dim=-1).values.exp()
+    return shared + uld_weight * masked_mean(uld_distance(teacher_top.exp().masked_fill(matched, 0.0), student_rest), rows)

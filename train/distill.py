@@ -19,8 +19,10 @@ from actors.models import eos_ids
 from actors.pair import check_pair, release_group
 from studyhall.config import Config, ConfigError
 from train.bootstrap import compare
+from train.cross_vocab import VocabBridge, pair_bridge, refuse_token_by_token
 from train.data import examples_digest, load_examples, prompt_token_ids, references_cache_path, split_validation
-from train.methods import NEEDS_SHARED_VOCAB, loss_for
+from train.methods import loss_for
+from train.objective import Cross
 from train.phases import postfix, steady_state
 from train.report import headline, write_report
 from train.rollout import Rollout
@@ -40,6 +42,7 @@ class Plan:
     references_path: str
     loss: str
     source: str
+    bridge: VocabBridge | None = None  # the teacher's and student's tokenizers differ (train/cross_vocab.py)
 
 
 def with_answer_budget(cfg: Config) -> Config:
@@ -49,7 +52,7 @@ def with_answer_budget(cfg: Config) -> Config:
     return cfg
 
 
-def prepare(cfg: Config) -> Plan:
+def prepare(cfg: Config, training: bool = True) -> Plan:
     """Everything that can fail on user input, before any actor or worker starts."""
     t = cfg.train
     loss = loss_for(t.method, t.loss)
@@ -57,23 +60,25 @@ def prepare(cfg: Config) -> Plan:
         raise ConfigError(f"train.loss={loss}: sft trains on the answers alone with cross-entropy; use method=kd for a distillation loss")
     if loss != "ce" and cfg.switch.teacher_topk < 1:
         raise ConfigError(f"train.loss={loss} needs the teacher's top-k log-probs: set switch.teacher_topk >= 1")
-    tokenizer, context = check_models(cfg)
+    tokenizer, context, bridge = check_models(cfg, training)
     examples = load_examples(t.data or None)
     train, val = split_validation(examples, 0.1, min(t.val_size, len(examples) - 1), cfg.switch.seed)
-    return plan_for(cfg, tokenizer, context, examples, train, val, loss, t.data or "embedded prompts (studyhall/data/prompts.jsonl)")
+    plan = plan_for(cfg, tokenizer, context, examples, train, val, loss, t.data or "embedded prompts (studyhall/data/prompts.jsonl)")
+    return dataclasses.replace(plan, bridge=bridge)
 
 
-def check_models(cfg: Config):
-    """(tokenizer, context length): both models resolve and share a vocabulary."""
+def check_models(cfg: Config, training: bool = True):
+    """(the student's tokenizer, context length, bridge): both models resolve; the bridge between
+    their vocabularies when their tokenizers differ (None when they share one). When `training`, the
+    run's methods must be ones that can run across tokenizers (one line naming those for the others)."""
     try:
-        return check_pair(cfg)
+        return (*check_pair(cfg), None)
     except ConfigError as err:
-        if "vocabular" not in str(err):
+        if "vocab" not in str(err):
             raise
-        method = cfg.train.method
-        why = ("compares the two models' next-token distributions token by token" if method in NEEDS_SHARED_VOCAB
-               else "is trained here, and evaluated, with the SWITCH engine's teacher scoring of student tokens")
-        raise ConfigError(f"method {method} {why}, so teacher and student must share a tokenizer: {err}") from None
+    for method in (cfg.train.method, cfg.train.warm_start) if training else ():
+        refuse_token_by_token(method, cfg.teacher.path, cfg.student.path)
+    return (*check_pair(cfg, across_tokenizers=True), pair_bridge(cfg))
 
 
 def plan_for(cfg: Config, tokenizer, context: int, examples: list, train: list, val: list, loss: str, source: str) -> Plan:
@@ -204,7 +209,7 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
     say = print if progress else (lambda *a, **k: None)
 
     say(f"starting teacher {cfg.teacher.path} and student {cfg.student.path} ...")
-    rollout, pair_name = start_rollout(cfg, plan.train, plan.val, plan.references_path)
+    rollout, pair_name = start_rollout(cfg, plan.train, plan.val, plan.references_path, plan.bridge)
     try:
         start_weights = ray.get(rollout.generation_weights.remote())
         if warm_start and warm_start["evaluated_weights"]["sha256"] == start_weights["sha256"]:
@@ -222,6 +227,7 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": cfg, "rollout": rollout, "loss": plan.loss, "pad_id": _pad_id(plan.tokenizer),
+                               "cross": Cross(plan.bridge.unreached, t.uld_weight) if plan.bridge else None,
                                "student_dir": str(out / "student"), "eos_ids": _eos(plan.tokenizer, cfg),
                                "resume_from": str(resume_from) if resume_from else None},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -272,8 +278,8 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
                                            "training: the optimizer step they came from, and a digest (actors.weights.digest)",
                                   **evaluated},
             "faults": summary["faults"],
-            "val_kl_to_teacher": {"label": f"top-{cfg.switch.teacher_topk} + rest-bucket KL(teacher||student), nats/token, from the "
-                                           "trainer: a lower bound of the full-vocabulary KL", **summary["val_kl_to_teacher"]},
+            "val_kl_to_teacher": {**held_out_loss_label(cfg, plan.bridge), **summary["val_kl_to_teacher"]},
+            "tokenizers": tokenizers_summary(cfg, plan.bridge),
             "teacher_pass_saving": {"reused_positions": counts["reused_positions"], "extra_pass_positions": counts["extra_pass_positions"],
                                     "extra_pass_seconds": counts["extra_pass_seconds"], **saving},
             "generation": {"seconds": counts["generation_seconds"], "tokens": counts["generated_tokens"],
@@ -297,10 +303,30 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
     return report
 
 
-def start_rollout(cfg: Config, train: list, val: list, references_path: str | None):
+def held_out_loss_label(cfg: Config, bridge: VocabBridge | None) -> dict:
+    """What the trainer's held-out loss at the first and last step is: the top-k KL, or across tokenizers its hybrid."""
+    if bridge is None:
+        return {"title": "Held-out KL (top-k lower bound)",
+                "label": f"top-{cfg.switch.teacher_topk} + rest-bucket KL(teacher||student), nats/token, from the trainer: "
+                         "a lower bound of the full-vocabulary KL"}
+    return {"title": "Held-out cross-tokenizer loss",
+            "label": f"forward KL over the teacher's top-{cfg.switch.teacher_topk} tokens that are student tokens too (+ a rest bucket) "
+                     f"+ {cfg.train.uld_weight} x ULD over its other top-k tokens, nats per aligned position, from the trainer "
+                     "(in place of the full-vocabulary KL, which is not defined across tokenizers)"}
+
+
+def tokenizers_summary(cfg: Config, bridge: VocabBridge | None) -> dict:
+    """One tokenizer, or the two and how much of the teacher's vocabulary the student shares."""
+    if bridge is None:
+        return {"shared": True}
+    return {"shared": False, "teacher": cfg.teacher.path, "student": cfg.student.path, "teacher_vocab": len(bridge.id_map),
+            "student_vocab": len(bridge.unreached), "teacher_tokens_with_a_student_twin": bridge.shared}
+
+
+def start_rollout(cfg: Config, train: list, val: list, references_path: str | None, bridge: VocabBridge | None = None):
     """(the rollout actor, the name of its pair's placement group, for `close`)."""
     pair_name = f"studyhall-pair-{uuid.uuid4().hex[:12]}"
-    return Rollout.remote(cfg, train, val, references_path, pair_name), pair_name
+    return Rollout.remote(cfg, train, val, references_path, pair_name, bridge), pair_name
 
 
 def close(rollout, pair_name: str) -> None:

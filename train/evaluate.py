@@ -22,14 +22,14 @@ def run_evaluate(cfg: Config, prompts: str | None = None) -> dict:
     if prompts and cfg.train.data:
         raise ConfigError(f"--prompts {prompts} and --data {cfg.train.data}: give one (--data evaluates its held-out split, --prompts every prompt)")
     if prompts:
-        tokenizer, context = check_models(cfg)
+        tokenizer, context, bridge = check_models(cfg, training=False)
         examples = load_examples(prompts)
-        plan = plan_for(cfg, tokenizer, context, examples, [], examples, "", prompts)
+        plan = dataclasses.replace(plan_for(cfg, tokenizer, context, examples, [], examples, "", prompts), bridge=bridge)
     else:
-        plan = prepare(cfg)
+        plan = prepare(cfg, training=False)
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
-    rollout, pair_name = start_rollout(cfg, [], plan.val, plan.references_path)
+    rollout, pair_name = start_rollout(cfg, [], plan.val, plan.references_path, plan.bridge)
     try:
         result = evaluate(rollout, plan.val, cfg.train.eval_samples, cfg.switch.seed)
         result["teacher_greedy"] = teacher_yardstick(rollout, plan.val)

@@ -2,12 +2,15 @@
 
 Teacher targets are the recorded top-k log-probs per response position plus one rest bucket
 (studyhall.distill_math.with_rest_bucket); the student's full distribution is folded into the same
-k+1 buckets, so no teacher forward runs here.
+k+1 buckets, so no teacher forward runs here. Across tokenizers (train/cross_vocab.py) a record's
+top-k ids are already student ids (-1 where the teacher's token is no student token), only its
+`aligned` positions carry the loss, and the loss is GOLD's hybrid over them.
 """
 from dataclasses import dataclass
 
 import torch
 
+from studyhall.cross_tokenizer import mapped_hybrid_loss
 from studyhall.distill_math import DISTILL_LOSSES, cross_entropy_loss, gather_buckets, tempered, with_rest_bucket
 from studyhall.unlikelihood import OWN_GREEDY, repeat_marks, unlikelihood_loss
 
@@ -46,7 +49,8 @@ class MicroBatch:
 
 def collate(records: list[dict], pad_id: int, with_teacher: bool, repeat_ngram: int = 4) -> MicroBatch:
     """Records of source OWN_GREEDY become unlikelihood rows: no distillation loss, their repeated
-    token n-grams (n = repeat_ngram) marked in `repeats`. Every other record is a distillation row."""
+    token n-grams (n = repeat_ngram) marked in `repeats`. Every other record is a distillation row,
+    over the answer positions its `aligned` marks where it has them (a cross-tokenizer record)."""
     width = max(len(r["prompt_token_ids"]) + len(r["token_ids"]) for r in records)
     b = len(records)
     ids = torch.full((b, width), pad_id, dtype=torch.long)
@@ -65,7 +69,7 @@ def collate(records: list[dict], pad_id: int, with_teacher: bool, repeat_ngram: 
         if is_own:
             repeats[row, answer] = torch.tensor(repeat_marks(r["token_ids"], r.get("from_teacher"), repeat_ngram), dtype=torch.bool)
             continue
-        loss_mask[row, answer] = True
+        loss_mask[row, answer] = torch.tensor(r["aligned"], dtype=torch.bool) if "aligned" in r else True
         if with_teacher:
             t_ids[row, answer] = torch.tensor(r["teacher_topk_ids"], dtype=torch.long)
             t_logp[row, answer] = torch.tensor(r["teacher_topk_logprobs"], dtype=torch.float32)
@@ -80,33 +84,45 @@ def with_own_greedy(parts: list[list[dict]], records: list[dict]) -> list[list[d
 
 
 def distill_loss(logits: torch.Tensor, batch: MicroBatch, loss: str, beta: float, alpha: float, temperature: float,
-                 unlikelihood: float = 0.0) -> torch.Tensor:
+                 unlikelihood: float = 0.0, cross: "Cross | None" = None) -> torch.Tensor:
     """The loss over the positions it reads; `logits` [B, L, V] from the student on batch.input_ids."""
-    return answer_loss(logits[batch.logit_positions], batch, loss, beta, alpha, temperature, unlikelihood)
+    return answer_loss(logits[batch.logit_positions], batch, loss, beta, alpha, temperature, unlikelihood, cross)
+
+
+@dataclass(frozen=True)
+class Cross:
+    """A cross-tokenizer run's loss settings: train/cross_vocab.VocabBridge.unreached and train.uld_weight."""
+    unreached: torch.Tensor
+    uld_weight: float
 
 
 def answer_loss(logits: torch.Tensor, batch: MicroBatch, loss: str, beta: float, alpha: float, temperature: float,
-                unlikelihood: float = 0.0) -> torch.Tensor:
+                unlikelihood: float = 0.0, cross: Cross | None = None) -> torch.Tensor:
     """The same loss from the student's logits at the positions the losses read alone: [N, V], row-major
     over batch.read_positions (train.answer_logits). Every loss is a mean over its tokens, so the flat
     layout gives the same value. The log-softmax and divergence math run in float32 whatever the
-    logits' dtype. With unlikelihood rows (batch.repeats), adds `unlikelihood` x their unlikelihood."""
+    logits' dtype. With unlikelihood rows (batch.repeats), adds `unlikelihood` x their unlikelihood.
+    With `cross`, the distillation loss is the hybrid over the two vocabularies."""
     if batch.repeats is None:
-        return _distillation(logits, batch, loss, beta, alpha, temperature)
+        return _distillation(logits, batch, loss, beta, alpha, temperature, cross)
     read = batch.read_positions
-    base = _distillation(logits[batch.loss_mask[read]], batch, loss, beta, alpha, temperature)
+    base = _distillation(logits[batch.loss_mask[read]], batch, loss, beta, alpha, temperature, cross)
     marked = batch.repeats[read]
     return base + unlikelihood * unlikelihood_loss(logits, batch.targets[read], marked)
 
 
-def _distillation(logits, batch, loss, beta, alpha, temperature):
+def _distillation(logits, batch, loss, beta, alpha, temperature, cross=None):
     mask = batch.loss_mask
     ones = torch.ones(logits.shape[0], device=logits.device)
     if loss == "ce":
         return cross_entropy_loss(logits, batch.targets[mask], ones)
-    student = gather_buckets(tempered(logits, temperature), batch.teacher_ids[mask])
     teacher = tempered(with_rest_bucket(batch.teacher_logp[mask]), temperature)
-    return DISTILL_LOSSES[loss](student, teacher, ones, {"temperature": 1.0, "beta": beta, "alpha": alpha})
+    options = {"temperature": 1.0, "beta": beta, "alpha": alpha}
+    if cross is not None:
+        return mapped_hybrid_loss(tempered(logits, temperature), batch.teacher_ids[mask], teacher, cross.unreached, cross.uld_weight,
+                                  loss, options)
+    student = gather_buckets(tempered(logits, temperature), batch.teacher_ids[mask])
+    return DISTILL_LOSSES[loss](student, teacher, ones, options)
 
 
 def micro_batches(records: list[dict], size: int, by_length: bool = False) -> list[list[dict]]:

@@ -109,6 +109,7 @@ def _markdown(r: dict) -> str:
         f"- **References:** {data.get('references')}",
         f"- **Student:** `{r.get('student_dir')}` (loads with `AutoModelForCausalLM.from_pretrained`)",
         *_warm_start_lines(r.get("warm_start")),
+        *_tokenizer_lines(r.get("tokenizers") or {}),
         "",
         "## Held-out quality, before and after training",
         "",
@@ -179,6 +180,18 @@ def _overall_table(before: dict, after: dict, difference: dict) -> list[str]:
         lines += ["", "References: the same metric of the held-out references themselves (the teacher's answers, or the "
                   "data's), where it applies: how much a good answer repeats itself."]
     return lines
+
+
+def _tokenizer_lines(tokenizers: dict) -> list[str]:
+    """Across tokenizers, what differs in the figures below."""
+    if tokenizers.get("shared", True):
+        return []
+    return [f"- **Tokenizers:** teacher `{tokenizers['teacher']}` ({tokenizers['teacher_vocab']} ids) and student "
+            f"`{tokenizers['student']}` ({tokenizers['student_vocab']} ids) tokenize differently; "
+            f"{tokenizers['teacher_tokens_with_a_student_twin']} teacher tokens have a student token with the same text. "
+            "Distillation compares the two at the answer positions where both start a token after the same text (GOLD's hybrid "
+            "loss). The full-vocabulary KL is not defined across tokenizers, so the tables leave it out; the held-out "
+            "cross-tokenizer loss under Training stands in for it. Teacher NLL is per teacher token of the student's text."]
 
 
 def _warm_start_lines(warm: dict | None) -> list[str]:
@@ -377,7 +390,8 @@ def _unlikelihood_lines(curve: list[dict], train: dict) -> list[str]:
 def _held_out_kl(kl: dict) -> str:
     """The trainer's KL to the teacher on the held-out references over the teacher's top-k + a rest
     bucket, at the first and last step: a lower bound of the full-vocabulary KL above."""
+    title = kl.get("title") or "Held-out KL (top-k lower bound)"
     if "start" not in kl or "end" not in kl:
-        return "- **Held-out KL (top-k lower bound):** not measured"
-    return (f"- **Held-out KL (top-k lower bound):** {kl.get('label') or 'top-k + rest-bucket KL(teacher||student)'}: "
+        return f"- **{title}:** not measured"
+    return (f"- **{title}:** {kl.get('label') or 'top-k + rest-bucket KL(teacher||student)'}: "
             f"{_num(kl['start']['kl'], 3)} at step {kl['start']['step']} to {_num(kl['end']['kl'], 3)} at step {kl['end']['step']}")

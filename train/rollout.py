@@ -23,6 +23,7 @@ from studyhall.prompts import PromptItem
 from studyhall.threads import pair_contends_with_trainer
 from studyhall.unlikelihood import OWN_GREEDY
 from train.batches_ahead import BatchesAhead
+from train.cross_vocab import CrossPair, VocabBridge
 from train.data import Example, load_references, prompt_token_ids, render_prompt, save_references
 from train.methods import Need, make_method
 from train.phases import split_wait
@@ -73,9 +74,11 @@ def with_models(method):
 
 @ray.remote(num_cpus=0, concurrency_groups={"progress": 1})
 class Rollout:
-    def __init__(self, cfg: Config, train: list[Example], val: list[Example], references_path: str | None, pair_name: str = ""):
+    def __init__(self, cfg: Config, train: list[Example], val: list[Example], references_path: str | None, pair_name: str = "",
+                 bridge: VocabBridge | None = None):
         """`pair_name` names the teacher and student's placement group, for the driver to free if
-        this actor dies (pair.release_group)."""
+        this actor dies (pair.release_group). `bridge`: the pair's tokenizers differ, and records are
+        made as train/cross_vocab.py says instead of by the SWITCH engine."""
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg.student.path, cfg.student.trust_remote_code)
         self.teacher, self.student = start_pair(cfg, pair_name)
@@ -93,7 +96,13 @@ class Rollout:
         self.applied: Packet | None = None
         self.weights_step = 0  # the optimizer step of the student's weights
         self.eos = eos_ids(self.tokenizer, cfg.teacher.path) | eos_ids(self.tokenizer, cfg.student.path)
+        self.cross = None
+        if bridge is not None:
+            teacher_tok = load_tokenizer(cfg.teacher.path, cfg.teacher.trust_remote_code)
+            self.cross = CrossPair(self.teacher, self.student, self.revival, teacher_tok, self.tokenizer, bridge,
+                                   eos_ids(teacher_tok, cfg.teacher.path), eos_ids(self.tokenizer, cfg.student.path))
         self.train, self.val = train, val
+        self.examples_by_id = {e.id: e for e in train + val}
         self.references_path = references_path
         self.references = dict(load_references(references_path) or {}) if references_path else {}
         self.references.update({e.id: e.response for e in train + val if e.response is not None})
@@ -248,6 +257,8 @@ class Rollout:
         Without `settings` (a method's training batch), the engine runs the batch pipeline groups."""
         training_batch = settings is None
         settings = settings or dataclasses.replace(engine_settings(self.cfg.switch, mode, seed), pipeline_groups=self.batch_groups)
+        if self.cross:
+            return self.cross_records(mode, examples, settings)
         self.revival.call(settings, lambda: ray.get([a.configure.remote(settings) for a in (self.teacher, self.student)]))
         controller = SwitchController(self.teacher, self.student, settings, self.eos, self.revival)
         done: dict[int, dict] = {}
@@ -270,6 +281,22 @@ class Rollout:
                     self.position_teacher[bucket] = self.position_teacher.get(bucket, 0) + int(teacher)
         return records
 
+    def cross_records(self, mode: str, examples: list[Example], settings: SwitchConfig) -> list[dict]:
+        """run_engine's records for a pair whose tokenizers differ: one model writes alone, then the
+        teacher scores the text (train/cross_vocab.py). The teacher's answers become student tokens."""
+        started = time.perf_counter()
+        writer = "teacher" if mode == "teacher" else "student"
+        answers = self.cross.write(writer, examples, settings)
+        self.counts["generation_seconds"] += time.perf_counter() - started
+        self.counts["generated_tokens"] += sum(map(len, answers))
+        if writer == "teacher":
+            answers = [self.response_ids(self.cross.text("teacher", a)) for a in answers]
+        records = [{"prompt_id": e.id, "prompt_token_ids": prompt_token_ids(self.tokenizer, e), "token_ids": ids, "source": mode}
+                   for e, ids in zip(examples, answers)]
+        if mode != OWN_GREEDY:  # the unlikelihood reads no teacher log-probs
+            self.cross.score(records, examples, settings)
+        return records
+
     def response_ids(self, text: str) -> list[int]:
         """A reference answer as the student's tokens, ended by EOS, cut to the answer budget."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.cfg.switch.max_new_tokens - 1]
@@ -282,8 +309,12 @@ class Rollout:
             settings = dataclasses.replace(engine_settings(self.cfg.switch, "teacher", self.cfg.switch.seed),
                                            temperature=0.7, top_p=0.9)  # a reference should be a good answer
             saved = dict(self.counts)  # writing references is data preparation, not training records
-            for e, r in zip(missing, self.run_engine("teacher", missing, 0, settings)):
-                self.references[e.id] = self.tokenizer.decode(r["token_ids"], skip_special_tokens=True).strip()
+            if self.cross:  # the teacher's whole answer, not its cut to the student's answer budget
+                texts = [self.cross.text("teacher", a) for a in self.cross.write("teacher", missing, settings)]
+            else:
+                texts = [self.tokenizer.decode(r["token_ids"], skip_special_tokens=True).strip()
+                         for r in self.run_engine("teacher", missing, 0, settings)]
+            self.references.update({e.id: text for e, text in zip(missing, texts)})
             self.counts = saved
             if self.references_path:
                 save_references(self.references_path, self.references)
@@ -306,6 +337,11 @@ class Rollout:
     def _score_with_teacher(self, records: list[dict]) -> tuple[list[dict], float]:
         """A plain teacher forward over the records' responses (at the training temperature), and its seconds."""
         settings = engine_settings(self.cfg.switch, "switch", self.cfg.switch.seed)
+        if self.cross:  # the teacher reads the text in its own tokens
+            started = time.perf_counter()
+            scored = [dict(r) for r in records]
+            self.cross.score(scored, [self.examples_by_id[r["prompt_id"]] for r in records], settings)
+            return scored, time.perf_counter() - started
         sequences = [(r["prompt_token_ids"], r["token_ids"]) for r in records]
 
         def score():
@@ -366,7 +402,9 @@ class Rollout:
 
         The teacher's distributions go straight to the student actor, a chunk at a time (each ref is
         ~50 MB at a 49k vocabulary), the teacher working on the next chunk while the student uses one;
-        only the sums come back here."""
+        only the sums come back here. Across tokenizers the full-vocabulary KL is not defined: none."""
+        if self.cross:
+            return []
         records = self.data_records(examples, with_teacher=False)
         chunks, size = [[]], 0
         for r in records:
@@ -395,7 +433,7 @@ class Rollout:
     def measure_second_pass(self, records: list[dict]) -> dict:
         """What reusing generation's teacher log-probs saves: rescore some records with a plain teacher
         pass, time it, and check the recorded log-probs equal the rescored ones."""
-        if not records or "teacher_logprob" not in records[0]:
+        if not records or "teacher_logprob" not in records[0] or self.cross:  # across tokenizers every record has its pass
             return {}
         rescored, seconds = self._score_with_teacher(records)
         positions = sum(len(r["token_ids"]) for r in records)

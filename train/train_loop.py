@@ -189,7 +189,7 @@ def _train(config: dict) -> None:
             with timer("forward_backward"):
                 batch = _to(collate(part, pad_id, with_teacher, t.unlikelihood_ngram), engine.device)
                 loss = answer_loss(_forward(engine, batch, precision), batch, config["loss"], t.beta, t.alpha, t.loss_temperature,
-                                   t.unlikelihood)
+                                   t.unlikelihood, config.get("cross"))
             if not _all_finite(loss):
                 # Stop every rank before the bad update. Returning, not raising: Ray Train would
                 # retry a raise from the last checkpoint (FailureConfig), for a loss that diverged.
@@ -283,7 +283,7 @@ def _val_loss(engine, config, rollout, pad_id, loss: str) -> float:
     for part in micro_batches(records, t.micro_batch):
         batch = _to(collate(part, pad_id, True), engine.device)
         logits = _forward(engine, batch, config["precision"], module=engine.module)
-        total += answer_loss(logits, batch, loss, t.beta, t.alpha, t.loss_temperature).item() * len(part)
+        total += answer_loss(logits, batch, loss, t.beta, t.alpha, t.loss_temperature, cross=config.get("cross")).item() * len(part)
         n += len(part)
     return total / max(n, 1)
 
