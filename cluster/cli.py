@@ -113,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", default=None, help="calibration prompts (Dolly, Alpaca, chat or prompt rows); their reference "
                                                  "answers where present, else the model's own (default: the embedded prompts)")
     pr.add_argument("--samples", type=int, default=16, help="calibration prompts: the first K")
+    rt = sub.add_parser("retokenize", help="a model on a tokenizer of its own: its byte-level BPE vocabulary cut to the first N ids "
+                                           "(embedding rows kept), e.g. a student for cross-tokenizer distillation")
+    rt.add_argument("--model", required=True, help="a local HF folder, a hub id or embedded:student")
+    rt.add_argument("--vocab", type=int, required=True, help="ids to keep: the first N of the vocabulary, special tokens included")
+    rt.add_argument("--out", required=True, help="new folder: the model and its cut tokenizer")
 
     cl = sub.add_parser("cluster", help="Ray cluster launcher configs")
     cluster_sub = cl.add_subparsers(dest="cluster", required=True)
@@ -143,6 +148,13 @@ def main(argv=None) -> int:
             return _evaluate(args)
         if args.command == "prune":
             return _prune(args)
+        if args.command == "retokenize":
+            from actors.models import resolve_path
+            from actors.retokenize import retokenized
+
+            done = retokenized(resolve_path(args.model), args.vocab, args.out)
+            print(f"wrote {done['out']}: {args.model} on its first {done['vocab_after']} of {done['vocab_before']} token ids")
+            return 0
         if args.command == "cluster" and args.cluster == "check":
             from cluster.cluster_yaml import check_cluster_yaml
 
