@@ -13,7 +13,7 @@ import ray
 
 from studyhall.config import Config, ConfigError
 from train.data import load_examples
-from train.distill import check_models, close, evaluate, plan_for, prepare, start_rollout, teacher_yardstick, with_answer_budget
+from train.distill import check_models, close, evaluate, plan_for, prepare, start_rollout, teacher_yardstick, tokenizers_summary, with_answer_budget
 from train.scoring import labels
 
 
@@ -35,5 +35,6 @@ def run_evaluate(cfg: Config, prompts: str | None = None) -> dict:
         result["teacher_greedy"] = teacher_yardstick(rollout, plan.val)
     finally:
         close(rollout, pair_name)
-    return {"student": cfg.student.path, "teacher": cfg.teacher.path, "data": plan.source, "prompts": len(plan.val),
+    return {"student": cfg.student.path, "teacher": cfg.teacher.path, "tokenizers": tokenizers_summary(cfg, plan.bridge),
+            "data": plan.source, "prompts": len(plan.val),
             **result, "metrics": labels(result), "config": dataclasses.asdict(cfg)}
