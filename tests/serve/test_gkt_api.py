@@ -1,7 +1,6 @@
 """The GKT app over real HTTP on 127.0.0.1 (tiny preset): the official openai client, plain HTTP,
 batching under concurrent load, the API key, and the bad-input suite."""
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -100,18 +99,17 @@ def test_teacher_batches_concurrent_requests(client):
 
 def test_a_later_request_joins_the_running_batch(client):
     """Continuous batching: a request sent while another is being decoded shares its forwards at once
-    (a batch that formed and ran to the end would leave it waiting, alone, with 1 row per forward)."""
-    def ask(prompt, max_tokens):
-        return client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens,
-                                         extra_body={"guidance_tokens": 0, **EXACT}).model_extra["gkt"]
-
-    with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(ask, "A long answer about rivers", 200)
-        time.sleep(1.0)
-        second = pool.submit(ask, "A short one", 20)
-        late, early = second.result(), first.result()
+    (a batch that formed and ran to the end would leave it waiting, alone, with 1 row per forward).
+    The first streams, so the second is sent once the first is surely decoding, however fast the machine."""
+    first = client.completions.create(model=MODEL, prompt="A long answer about rivers", max_tokens=200, stream=True,
+                                      extra_body={"guidance_tokens": 0, **EXACT})
+    chunks = iter(first)
+    started = next(chunks)
+    late = client.completions.create(model=MODEL, prompt="A short one", max_tokens=20,
+                                     extra_body={"guidance_tokens": 0, **EXACT}).model_extra["gkt"]
+    rest = [c.choices[0].text for c in chunks if c.choices]
     assert late["student_rows_per_forward"] == 2.0  # every one of its forwards also carried the first request
-    assert 1.0 < early["student_rows_per_forward"] < 2.0
+    assert started.choices[0].text and len("".join(rest)) > 0  # and the first went on after it
 
 
 def test_a_seed_gives_the_same_sampled_answer_whatever_runs_beside_it(client):
