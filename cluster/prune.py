@@ -34,7 +34,8 @@ def run_prune(model_path: str, layers: int, out: str | Path, method: str = "bloc
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out}: exists and is not empty; choose a new folder")
     examples = load_examples(data)[:samples]  # refuses a missing or malformed file before the model loads
-    spec = ModelConfig(path=model_path, dtype="auto", num_gpus=1 if torch.cuda.is_available() else 0)
+    on_gpu = torch.cuda.is_available()  # bfloat16 there; float32 on a CPU, whose scores the docs' layer choices came from
+    spec = ModelConfig(path=model_path, dtype="auto" if on_gpu else "float32", num_gpus=1 if on_gpu else 0)
     device = pick_device(spec)
     model = load_model(spec, device)
     depth = len(decoder_layers(model))

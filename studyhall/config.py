@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     # "embedded:teacher", "embedded:student", "tiny:teacher", "tiny:student", a local folder or a hub id.
     path: str = "embedded:teacher"
-    dtype: str = "auto"  # auto = bfloat16 on GPU, float32 on CPU
+    dtype: str = "auto"  # auto = bfloat16 on a GPU or a CPU that reports AVX512-BF16, AMX or Arm BF16; else float32
     trust_remote_code: bool = False  # run a hub model's own Python code (only for models that need it)
     num_cpus: float = 1.0  # Ray CPUs for this actor; on the CPU also its torch threads (studyhall/threads.py)
     num_gpus: float = 0.0  # Ray GPUs for this actor (a fraction shares one); it runs on CUDA when torch sees one

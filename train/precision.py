@@ -10,11 +10,10 @@ log-softmax and divergence math run in fp32 (train.objective):
 import contextlib
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX512-BF16, x86 AMX, Arm's BF16 (aarch64 "Features")
+from studyhall.hardware import CPU_BF16_FLAGS, cpu_flags
 
 
 @dataclass(frozen=True)
@@ -31,19 +30,6 @@ class Precision:
         if self.how == "autocast":
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is not there)."""
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text() if path.is_file() else ""
-    flags = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return flags
 
 
 def choose(setting: str, on_gpu: bool, gpu_bf16: bool, flags: set[str], cpu_name: str = "") -> Precision:

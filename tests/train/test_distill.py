@@ -51,7 +51,7 @@ def test_the_student_evaluated_after_training_is_the_one_saved(zero2_run):
     from studyhall.config import ModelConfig
 
     _, report = zero2_run
-    saved = load_model(ModelConfig(path=report["student_dir"]), torch.device("cpu"))
+    saved = load_model(ModelConfig(path=report["student_dir"], dtype="float32"), torch.device("cpu"))
     assert report["evaluated_weights"]["step"] == 6
     assert report["evaluated_weights"]["sha256"] == digest(saved.state_dict())
 
@@ -81,8 +81,8 @@ def _full_vocab_kl(student_path: str, data: str, cfg) -> dict:
     from studyhall.config import ModelConfig
 
     tokenizer = load_tokenizer("tiny:student")
-    teacher = load_model(ModelConfig(path="tiny:teacher"), torch.device("cpu"))
-    student = load_model(ModelConfig(path=student_path), torch.device("cpu"))
+    teacher = load_model(ModelConfig(path="tiny:teacher", dtype="float32"), torch.device("cpu"))
+    student = load_model(ModelConfig(path=student_path, dtype="float32"), torch.device("cpu"))
     _, val = split_validation(load_examples(data), 0.1, cfg.train.val_size, cfg.switch.seed)
     out = {}
     for e in val:
@@ -134,7 +134,7 @@ def test_saved_student_loads_with_from_pretrained_and_generates(zero2_run):
     from actors.models import load_model
     from studyhall.config import ModelConfig
 
-    initial = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    initial = load_model(ModelConfig(path="tiny:student", dtype="float32"), torch.device("cpu"))
     assert not torch.equal(initial.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
 
 

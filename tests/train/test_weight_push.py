@@ -35,7 +35,7 @@ def _examples():
 
 def _state(noise: float = 0.0):
     """The tiny student's weights, each parameter moved by seeded noise (tied ones stay tied)."""
-    model = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    model = load_model(ModelConfig(path="tiny:student", dtype="float32"), torch.device("cpu"))
     torch.manual_seed(3)
     with torch.no_grad():
         for p in model.parameters():
@@ -58,7 +58,7 @@ def _rollout(cfg, train, val):
 
 
 def test_a_packet_round_trips_exactly_and_sends_tied_tensors_once():
-    model = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    model = load_model(ModelConfig(path="tiny:student", dtype="float32"), torch.device("cpu"))
     state = model.state_dict()
     packet = pack(state, 7)
     back = unpack(packet)
@@ -71,7 +71,7 @@ def test_a_packet_round_trips_exactly_and_sends_tied_tensors_once():
 
 
 def test_a_cpu_model_computes_from_a_packet_read_from_the_object_store_and_copies_a_writable_one():
-    model = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    model = load_model(ModelConfig(path="tiny:student", dtype="float32"), torch.device("cpu"))
     state = _state(0.5)
     stored = ray.get(ray.put(pack(state, 1)))  # read-only arrays in the object store
     apply(model, stored)
@@ -80,7 +80,7 @@ def test_a_cpu_model_computes_from_a_packet_read_from_the_object_store_and_copie
     assert model.state_dict()[name].data_ptr() == stored.arrays[name].ctypes.data  # no copy
     assert (model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()) == model.config.tie_word_embeddings
 
-    other = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    other = load_model(ModelConfig(path="tiny:student", dtype="float32"), torch.device("cpu"))
     apply(other, pack(state, 1))  # writable arrays over `state`'s tensors: copied, so later changes stay out
     with torch.no_grad():
         state[name].add_(1.0)
@@ -89,7 +89,7 @@ def test_a_cpu_model_computes_from_a_packet_read_from_the_object_store_and_copie
 
 @pytest.mark.parametrize("spoil", ["missing", "shape", "extra"])
 def test_a_packet_that_does_not_fit_writes_nothing(spoil):
-    model = load_model(ModelConfig(path="tiny:student"), torch.device("cpu"))
+    model = load_model(ModelConfig(path="tiny:student", dtype="float32"), torch.device("cpu"))
     before = digest(model.state_dict())
     new = dict(_state(0.5))
     name = sorted(k for k in new if k.endswith("mlp.down_proj.weight"))[-1]  # the last layer: the others would be written first
