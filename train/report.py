@@ -104,7 +104,8 @@ def _markdown(r: dict) -> str:
         f"- **Training:** {r.get('steps')} steps in {_num(r.get('seconds'), 1)} s, {_num(r.get('tokens_per_s'), 1)} tokens/s; "
         f"{_num(100 * r['padding_share'] if r.get('padding_share') is not None else None, 1)}% of the micro-batches' positions padding",
         f"- **Precision:** {(r.get('precision') or {}).get('dtype', '-')} ({(r.get('precision') or {}).get('why', '-')}); "
-        f"logits {'at answer positions only' if (r.get('precision') or {}).get('answer_logits_only') else 'at every position'}",
+        f"logits {'at answer positions only' if (r.get('precision') or {}).get('answer_logits_only') else 'at every position'}"
+        f"{_generation_dtype((r.get('precision') or {}).get('generation'))}",
         f"- **Data:** {data.get('source')}: {data.get('train_examples')} training and {data.get('val_examples')} held-out examples",
         f"- **References:** {data.get('references')}",
         f"- **Student:** `{r.get('student_dir')}` (loads with `AutoModelForCausalLM.from_pretrained`)",
@@ -180,6 +181,13 @@ def _overall_table(before: dict, after: dict, difference: dict) -> list[str]:
         lines += ["", "References: the same metric of the held-out references themselves (the teacher's answers, or the "
                   "data's), where it applies: how much a good answer repeats itself."]
     return lines
+
+
+def _generation_dtype(dtypes: dict | None) -> str:
+    """The generation actors' dtypes (model dtype=auto: bfloat16 where the device runs it fast)."""
+    if not dtypes:
+        return ""
+    return f"; generation actors: teacher {dtypes['teacher']}, student {dtypes['student']}"
 
 
 def _tokenizer_lines(tokenizers: dict) -> list[str]:

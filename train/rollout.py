@@ -88,6 +88,7 @@ class Rollout:
         self.revival.on_restart.append(self._restore_weights)
         # asked once, right after start_pair loaded it: a restarted student has the same spec, so dtype
         self.student_dtype = ray.get(self.student.info.remote())["dtype"].removeprefix("torch.")
+        self.teacher_dtype = ray.get(self.teacher.info.remote())["dtype"].removeprefix("torch.")
         # Weights: the trainer's pushes wait as `pushed` until the student is between batches; then
         # they are applied, and kept as `applied` for a restarted student actor to take again.
         self.models = threading.RLock()
@@ -456,6 +457,7 @@ class Rollout:
                        sorted(self.position_tokens.items(), key=lambda kv: int(kv[0].split("-")[0]))}
         stale = list(self.staleness.values()) or [0]
         return {"counts": {k: round(v, 3) if isinstance(v, float) else v for k, v in self.counts.items()},
+                "generation_dtype": {"teacher": self.teacher_dtype, "student": self.student_dtype},
                 "intervention_by_position": by_position,
                 "val_kl_to_teacher": self.val_kl,
                 "batch_pipeline_groups": {"groups": self.batch_groups, "rows_by_group": dict(sorted(self.batch_rows_by_group.items()))},
