@@ -295,7 +295,10 @@ class Rollout:
         records = [{"prompt_id": e.id, "prompt_token_ids": prompt_token_ids(self.tokenizer, e), "token_ids": ids, "source": mode}
                    for e, ids in zip(examples, answers)]
         if mode != OWN_GREEDY:  # the unlikelihood reads no teacher log-probs
+            started = time.perf_counter()
             self.cross.score(records, examples, settings)
+            self.counts["extra_pass_seconds"] += time.perf_counter() - started  # across tokenizers every record has one
+            self.counts["extra_pass_positions"] += sum(len(r["token_ids"]) for r in records)
         return records
 
     def response_ids(self, text: str) -> list[int]:
