@@ -36,10 +36,6 @@ class VocabBridge:
     shared: int  # teacher tokens with a student twin
 
 
-def tokenizers_differ(teacher_tok, student_tok) -> bool:
-    return teacher_tok.get_vocab() != student_tok.get_vocab()
-
-
 def refuse_token_by_token(method: str, teacher: str, student: str) -> None:
     """The one-line refusal for a method that cannot run across tokenizers."""
     if method in TOKEN_BY_TOKEN:
