@@ -161,6 +161,7 @@ class TrainConfig:
     # hybrid, the method's divergence over the tokens whose text both vocabularies share plus this weight x ULD's
     # sorted-probability distance (Boizard et al., arXiv 2402.12030) over the teacher's other top-k tokens
     uld_weight: float = 1.0
+    cross_loss: str = "hybrid"  # hybrid (GOLD's, above) | uld (ULD's own: cross-entropy + uld_weight x the distance over the whole top-k)
 
 
 @dataclass
@@ -349,6 +350,7 @@ def _train_checks(t: TrainConfig) -> list:
         (t.unlikelihood >= 0 and math.isfinite(t.unlikelihood), f"train.unlikelihood={t.unlikelihood}: must be >= 0 (0 = off)"),
         (t.unlikelihood_ngram >= 1, f"train.unlikelihood_ngram={t.unlikelihood_ngram}: must be >= 1"),
         (t.uld_weight >= 0, f"train.uld_weight={t.uld_weight}: must be >= 0"),
+        (t.cross_loss in ("hybrid", "uld"), f"train.cross_loss={t.cross_loss!r}: choose hybrid or uld"),
     ]
 
 

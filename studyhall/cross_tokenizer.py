@@ -6,7 +6,8 @@ Two tokenizations of one text become a loss in three steps:
 - `aligned_positions`: where both models predict the next token after the same text;
 - `hybrid_loss`: there, forward KL over the tokens both vocabularies share, exactly as
   studyhall.distill_math does for one tokenizer, plus ULD (Boizard et al., arXiv 2402.12030) over the
-  rest, the split TRL's GOLD trainer makes.
+  rest, the split TRL's GOLD trainer makes; or `uld_loss`, ULD's own: cross-entropy plus the distance
+  over the whole top-k.
 """
 import torch
 
@@ -162,3 +163,16 @@ def mapped_hybrid_loss(student_logp, mapped, teacher_buckets, unreached, uld_wei
     unreached = unreached.to(student_logp.device)
     student_rest = student_logp.masked_fill(~unreached, EMPTY).topk(min(k, student_logp.shape[-1]), dim=-1).values.exp()
     return shared + uld_weight * masked_mean(uld_distance(teacher_top.exp().masked_fill(matched, 0.0), student_rest), rows)
+
+
+def uld_loss(student_logp, targets, teacher_buckets, uld_weight: float) -> torch.Tensor:
+    """ULD's own loss (Boizard et al., arXiv 2402.12030) over N aligned positions: cross-entropy on the
+    answer's tokens (`targets` [N], student ids) plus `uld_weight` x the sorted-probability distance
+    between the teacher's whole recorded top-k (`teacher_buckets` [N, k+1], its rest bucket unused)
+    and the student's k largest probabilities, token identities ignored."""
+    k = teacher_buckets.shape[-1] - 1
+    rows = torch.ones(targets.shape[0], device=student_logp.device)
+    cross_entropy = -student_logp.gather(-1, targets[:, None])[:, 0]
+    student_top = student_logp.topk(min(k, student_logp.shape[-1]), dim=-1).values.exp()
+    distance = uld_distance(teacher_buckets[..., :k].float().exp(), student_top)
+    return masked_mean(cross_entropy, rows) + uld_weight * masked_mean(distance, rows)

@@ -227,7 +227,7 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": cfg, "rollout": rollout, "loss": plan.loss, "pad_id": _pad_id(plan.tokenizer),
-                               "cross": Cross(plan.bridge.unreached, t.uld_weight) if plan.bridge else None,
+                               "cross": Cross(plan.bridge.unreached, t.uld_weight, t.cross_loss) if plan.bridge else None,
                                "student_dir": str(out / "student"), "eos_ids": _eos(plan.tokenizer, cfg),
                                "resume_from": str(resume_from) if resume_from else None},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -310,6 +310,11 @@ def held_out_loss_label(cfg: Config, bridge: VocabBridge | None) -> dict:
         return {"title": "Held-out KL (top-k lower bound)",
                 "label": f"top-{cfg.switch.teacher_topk} + rest-bucket KL(teacher||student), nats/token, from the trainer: "
                          "a lower bound of the full-vocabulary KL"}
+    if cfg.train.cross_loss == "uld":
+        return {"title": "Held-out cross-tokenizer loss",
+                "label": f"ULD: cross-entropy + {cfg.train.uld_weight} x the sorted-probability distance to the teacher's top-"
+                         f"{cfg.switch.teacher_topk}, nats per aligned position, from the trainer (in place of the full-vocabulary KL, "
+                         "which is not defined across tokenizers)"}
     return {"title": "Held-out cross-tokenizer loss",
             "label": f"forward KL over the teacher's top-{cfg.switch.teacher_topk} tokens that are student tokens too (+ a rest bucket) "
                      f"+ {cfg.train.uld_weight} x ULD over its other top-k tokens, nats per aligned position, from the trainer "

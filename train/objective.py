@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from studyhall.cross_tokenizer import mapped_hybrid_loss
+from studyhall.cross_tokenizer import mapped_hybrid_loss, uld_loss
 from studyhall.distill_math import DISTILL_LOSSES, cross_entropy_loss, gather_buckets, tempered, with_rest_bucket
 from studyhall.unlikelihood import OWN_GREEDY, repeat_marks, unlikelihood_loss
 
@@ -91,9 +91,11 @@ def distill_loss(logits: torch.Tensor, batch: MicroBatch, loss: str, beta: float
 
 @dataclass(frozen=True)
 class Cross:
-    """A cross-tokenizer run's loss settings: train/cross_vocab.VocabBridge.unreached and train.uld_weight."""
+    """A cross-tokenizer run's loss settings: train/cross_vocab.VocabBridge.unreached, train.uld_weight
+    and train.cross_loss ("hybrid": GOLD's; "uld": ULD's own, which ignores token identity)."""
     unreached: torch.Tensor
     uld_weight: float
+    kind: str = "hybrid"
 
 
 def answer_loss(logits: torch.Tensor, batch: MicroBatch, loss: str, beta: float, alpha: float, temperature: float,
@@ -118,6 +120,8 @@ def _distillation(logits, batch, loss, beta, alpha, temperature, cross=None):
         return cross_entropy_loss(logits, batch.targets[mask], ones)
     teacher = tempered(with_rest_bucket(batch.teacher_logp[mask]), temperature)
     options = {"temperature": 1.0, "beta": beta, "alpha": alpha}
+    if cross is not None and cross.kind == "uld":
+        return uld_loss(tempered(logits, temperature), batch.targets[mask], teacher, cross.uld_weight)
     if cross is not None:
         return mapped_hybrid_loss(tempered(logits, temperature), batch.teacher_ids[mask], teacher, cross.unreached, cross.uld_weight,
                                   loss, options)

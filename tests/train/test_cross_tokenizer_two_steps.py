@@ -20,10 +20,11 @@ def other_student(tmp_path_factory):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("method", ["kd", "gkd"])
-def test_two_steps_across_tokenizers(method, dolly_file, other_student, tmp_path):
+@pytest.mark.parametrize("method,cross_loss", [("kd", "hybrid"), ("gkd", "hybrid"), ("kd", "uld")])
+def test_two_steps_across_tokenizers(method, cross_loss, dolly_file, other_student, tmp_path):
     folder, student_tok = other_student
-    cfg = _cfg(dolly_file, f"method={method}", "steps=2", "checkpoint_every=2", "gkd_lambda=0.5", "lr=2e-4", f"student.path={folder}")
+    cfg = _cfg(dolly_file, f"method={method}", "steps=2", "checkpoint_every=2", "gkd_lambda=0.5", "lr=2e-4", f"student.path={folder}",
+               f"cross_loss={cross_loss}")
     run_distill(cfg, str(tmp_path), progress=False)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["tokenizers"]["shared"] is False and saved["tokenizers"]["student_vocab"] == len(student_tok)

@@ -140,3 +140,29 @@ def test_gradients_stay_finite_where_no_top_k_entry_has_a_student_twin(loss):
     value.backward()
     assert torch.isfinite(value) and value.item() > 0
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_uld_loss_by_hand_ignores_token_identity():
+    from studyhall.cross_tokenizer import uld_loss
+
+    student = torch.tensor([[0.5, 0.3, 0.2]]).log()
+    teacher = torch.tensor([[0.6, 0.3, 0.1]]).log()  # its top-2, then the rest bucket
+    # cross-entropy -log 0.5, plus 2 x (|0.6 - 0.5| + |0.3 - 0.3|): which ids the teacher's top-2 are never enters
+    assert uld_loss(student, torch.tensor([0]), teacher, uld_weight=2.0).item() == pytest.approx(-torch.tensor(0.5).log().item() + 0.2, abs=1e-6)
+    assert uld_loss(student, torch.tensor([2]), teacher, uld_weight=0.0).item() == pytest.approx(-torch.tensor(0.2).log().item(), abs=1e-6)
+
+
+def test_the_trainer_reads_ulds_loss_at_aligned_positions_when_asked():
+    from studyhall.cross_tokenizer import uld_loss
+    from studyhall.distill_math import with_rest_bucket
+
+    records = _records(seed=9)
+    records[0]["aligned"] = [True, False, True, True, False, True]
+    batch = collate(records, pad_id=0, with_teacher=True)
+    logits = torch.randn(int(batch.loss_mask.sum()), 50, generator=torch.Generator().manual_seed(10), requires_grad=True)
+    got = answer_loss(logits, batch, "fkl", 0.5, 0.1, 1.0, cross=Cross(torch.zeros(50, dtype=torch.bool), 0.5, kind="uld"))
+    mask = batch.loss_mask
+    expected = uld_loss(torch.log_softmax(logits, -1), batch.targets[mask], with_rest_bucket(batch.teacher_logp[mask]), 0.5)
+    assert torch.allclose(got, expected, atol=1e-6) and got.item() > 0
+    got.backward()
+    assert torch.isfinite(logits.grad).all()
