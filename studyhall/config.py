@@ -161,7 +161,7 @@ class TrainConfig:
     # hybrid, the method's divergence over the tokens whose text both vocabularies share plus this weight x ULD's
     # sorted-probability distance (Boizard et al., arXiv 2402.12030) over the teacher's other top-k tokens
     uld_weight: float = 1.0
-    cross_loss: str = "hybrid"  # hybrid (GOLD's, above) | uld (ULD's own: cross-entropy + uld_weight x the distance over the whole top-k)
+    cross_loss: str = "hybrid"  # hybrid (GOLD's, above) | uld (ULD's own: cross-entropy + uld_weight x the distance over the whole top-k, at the aligned positions)
 
 
 @dataclass
