@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import ray
 import torch
+from transformers import GenerationConfig
 
 from actors import weights
 from actors.kv_batch import CachedBatch
@@ -225,6 +226,8 @@ class LMWorker:
         s, model = self.switch, self._model()
         torch.manual_seed(s.seed * 10 + ROLE_SEED_OFFSET.get(self.role, 0))  # generate draws from the global generator
         sampling = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": 0} if s.sample else {"do_sample": False}
+        # A config of its own: a model folder's generation_config.json (a repetition penalty, top_k) must not change the run's law.
+        settings = GenerationConfig(max_new_tokens=s.max_new_tokens, eos_token_id=list(eos), pad_token_id=eos[0], **sampling)
         answers = []
         for start in range(0, len(prompts), chunk):
             part = prompts[start:start + chunk]
@@ -234,8 +237,7 @@ class LMWorker:
             for row, prompt in enumerate(part):  # left-padded, so every row's answer starts at `width`
                 ids[row, width - len(prompt):] = torch.tensor(prompt)
                 mask[row, width - len(prompt):] = 1
-            out = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=s.max_new_tokens,
-                                 eos_token_id=list(eos), pad_token_id=eos[0], **sampling)
+            out = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=settings)
             for row in out[:, width:].tolist():
                 ends = [i for i, t in enumerate(row) if t in eos]
                 answers.append(row[:ends[0] + 1] if ends else row)
