@@ -19,7 +19,12 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return flags
 
 
+def bf16_flags(flags: set[str]) -> list[str]:
+    """Those of `flags` by which a CPU runs bf16 matmuls in hardware (none: bf16 would be emulated, slower than fp32)."""
+    return sorted(flags & set(CPU_BF16_FLAGS))
+
+
 @lru_cache(maxsize=1)
 def cpu_bf16_flags() -> tuple[str, ...]:
-    """The flags by which this CPU runs bf16 matmuls in hardware (none: bf16 would be emulated, slower than fp32)."""
-    return tuple(sorted(cpu_flags() & set(CPU_BF16_FLAGS)))
+    """bf16_flags of this machine's CPU."""
+    return tuple(bf16_flags(cpu_flags()))

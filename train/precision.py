@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from studyhall.hardware import CPU_BF16_FLAGS, cpu_flags
+from studyhall.hardware import bf16_flags, cpu_flags
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def choose(setting: str, on_gpu: bool, gpu_bf16: bool, flags: set[str], cpu_name
         if setting == "bf16" or gpu_bf16:
             return Precision("bf16", "deepspeed_bf16", f"train.precision={setting}: a GPU" + (" with bf16" if gpu_bf16 else ""))
         return Precision("fp32", "fp32", "train.precision=auto: this GPU does not support bf16")
-    fast = sorted(flags & set(CPU_BF16_FLAGS))
+    fast = bf16_flags(flags)
     if setting == "bf16":
         return Precision("bf16", "autocast", "train.precision=bf16 on the CPU" + (f" ({', '.join(fast)})" if fast else
                                                                               ", which reports no bf16 instructions (emulated, slow)"))
