@@ -294,11 +294,8 @@ class Rollout:
             answers = [self.response_ids(self.cross.text("teacher", a)) for a in answers]
         records = [{"prompt_id": e.id, "prompt_token_ids": prompt_token_ids(self.tokenizer, e), "token_ids": ids, "source": mode}
                    for e, ids in zip(examples, answers)]
-        if mode != OWN_GREEDY:  # the unlikelihood reads no teacher log-probs
-            started = time.perf_counter()
-            self.cross.score(records, examples, settings)
-            self.counts["extra_pass_seconds"] += time.perf_counter() - started  # across tokenizers every record has one
-            self.counts["extra_pass_positions"] += sum(len(r["token_ids"]) for r in records)
+        if mode != OWN_GREEDY:  # the unlikelihood reads no teacher log-probs; across tokenizers every other record has a pass
+            self._teacher_pass(records, settings=settings)
         return records
 
     def response_ids(self, text: str) -> list[int]:
@@ -338,9 +335,10 @@ class Rollout:
         self._teacher_pass(records, count)
         return records
 
-    def _score_with_teacher(self, records: list[dict]) -> tuple[list[dict], float]:
-        """A plain teacher forward over the records' responses (at the training temperature), and its seconds."""
-        settings = engine_settings(self.cfg.switch, "switch", self.cfg.switch.seed)
+    def _score_with_teacher(self, records: list[dict], settings: SwitchConfig | None = None) -> tuple[list[dict], float]:
+        """A plain teacher forward over the records' responses (at the training temperature, or that of
+        `settings`), and its seconds."""
+        settings = settings or engine_settings(self.cfg.switch, "switch", self.cfg.switch.seed)
         if self.cross:  # the teacher reads the text in its own tokens
             started = time.perf_counter()
             scored = [dict(r) for r in records]
@@ -356,9 +354,9 @@ class Rollout:
         scored = self.revival.call(settings, score)
         return scored, time.perf_counter() - started
 
-    def _teacher_pass(self, records: list[dict], count: bool = True) -> None:
+    def _teacher_pass(self, records: list[dict], count: bool = True, settings: SwitchConfig | None = None) -> None:
         """The one extra teacher forward, for responses the teacher did not score while generating."""
-        scored, seconds = self._score_with_teacher(records)
+        scored, seconds = self._score_with_teacher(records, settings)
         if count:
             self.counts["extra_pass_seconds"] += seconds
             self.counts["extra_pass_positions"] += sum(len(r["token_ids"]) for r in records)
