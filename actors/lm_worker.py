@@ -147,7 +147,7 @@ class LMWorker:
         tau = torch.from_numpy(taus).to(self.device)
         tokens, from_teacher, score, n_commit = switch_block(
             logp_t, logp_s, drafted, teacher_drafts=not i_am_teacher, divergence=self.switch.divergence,
-            tau=tau, greedy=not self.switch.sample, top_p=self.switch.top_p, generator=self.generator)
+            tau=tau, greedy=not self.switch.sample, top_p=self.switch.top_p, generator=self.generator, writer=self.switch.writer)
         result = {
             "tokens": tokens.cpu().numpy(),
             "from_teacher": from_teacher.cpu().numpy(),

@@ -9,6 +9,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.lm_worker import StudentActor, TeacherActor
 from actors.models import context_length, load_tokenizer, model_config
 from studyhall.config import Config, ConfigError
+from studyhall.engine_settings import engine_settings
 
 
 def check_pair(cfg: Config, across_tokenizers: bool = False):
@@ -126,7 +127,7 @@ def start_pair(cfg: Config, name: str = ""):
         # batches): the SWITCH controller rebuilds the batches instead (actors/revival.py).
         actors[role] = cls.options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, resources=dict(spec.resources),
                                    scheduling_strategy=strategy, max_restarts=cfg.max_restarts,
-                                   max_task_retries=0).remote(spec, cfg.switch)
+                                   max_task_retries=0).remote(spec, engine_settings(cfg))
     _release_with_handles(pg, list(actors.values()))
     ray.get([actor.load.remote() for actor in actors.values()])
     return actors["teacher"], actors["student"]

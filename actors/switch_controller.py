@@ -99,6 +99,29 @@ def position_bucket(t: int) -> str:
     return f"{lo}-{hi}"
 
 
+class DeferredCommit:
+    """The scorer commits a round's tokens at once; the drafter must too, before its next call for the
+    group. Instead of a call of its own (which would block its queue until the scorer answers), the
+    result ref rides along with the drafter's next call (`commit=`) for this group, whichever it is:
+    the actor is free to work on the other group meanwhile (LMWorker._batch applies it first)."""
+
+    def __init__(self):
+        self.pending: tuple | None = None  # (role, ObjectRef of the round's result)
+
+    def owe(self, role: str, result_ref) -> None:
+        self.pending = (role, result_ref)
+
+    def take(self, role: str):
+        """The result ref `role` must apply with its next call for this group, if it owes one."""
+        if self.pending and self.pending[0] == role:
+            ref, self.pending = self.pending[1], None
+            return ref
+        return None
+
+    def drop(self) -> None:
+        self.pending = None
+
+
 @dataclass
 class Group:
     """Sequences that move through rounds together; groups take turns on the two actors."""
@@ -107,7 +130,7 @@ class Group:
     in_flight: object = None  # the ObjectRef of this group's current round result
     drafter: str = ""
     block: int = 0  # g of the round in flight
-    uncommitted: tuple | None = None  # (role, result ref) the drafter has yet to apply
+    commit: DeferredCommit = field(default_factory=DeferredCommit)
 
 
 class SwitchController:
@@ -158,7 +181,7 @@ class SwitchController:
                 keep = [i for i, seq in enumerate(group.live) if not seq.finish_reason]
                 group.live[:] = [group.live[i] for i in keep]
                 for role, actor in self.actors.items():
-                    actor.select.remote(group.id, keep, commit=self._take_commit(group, role))
+                    actor.select.remote(group.id, keep, commit=group.commit.take(role))
                 self._admit(group, queue, stats)
             self._launch(group)
         stats.seconds = time.perf_counter() - started
@@ -178,19 +201,13 @@ class SwitchController:
         (prompt + answer so far; the last one becomes pending, as after a commit), and launch again."""
         self.revival.revive(self.cfg)
         for group in groups:
-            group.in_flight, group.uncommitted = None, None
+            group.in_flight = None
+            group.commit.drop()
             if group.live:
                 committed = [seq.prompt_token_ids + seq.token_ids for seq in group.live]
                 for actor in self.actors.values():
                     actor.extend.remote(group.id, committed)
             self._launch(group)
-
-    def _take_commit(self, group: Group, role: str):
-        """The result ref `role` must apply before its next call for this group, if any."""
-        if group.uncommitted and group.uncommitted[0] == role:
-            ref, group.uncommitted = group.uncommitted[1], None
-            return ref
-        return None
 
     def _admit(self, group: Group, queue: deque, stats: RunStats) -> None:
         """Fill the group from the queue; both actors prefill the new prompts."""
@@ -200,7 +217,7 @@ class SwitchController:
             new.append(Sequence(item.index, item.prompt_id, item.prompt, list(item.token_ids)))
         if new:
             for role, actor in self.actors.items():
-                actor.extend.remote(group.id, [s.prompt_token_ids for s in new], commit=self._take_commit(group, role))
+                actor.extend.remote(group.id, [s.prompt_token_ids for s in new], commit=group.commit.take(role))
             group.live.extend(new)
             stats.rows_by_group[group.id] = stats.rows_by_group.get(group.id, 0) + len(new)
 
@@ -213,21 +230,26 @@ class SwitchController:
             return
         drafter, g = self._plan(group.live)
         scorer = "student" if drafter == "teacher" else "teacher"
-        draft_ref = self.actors[drafter].draft.remote(group.id, g, commit=self._take_commit(group, drafter))
+        draft_ref = self.actors[drafter].draft.remote(group.id, g, commit=group.commit.take(drafter))
         taus = self._taus(group.live, g)
         # A lone group's one-token round: the scorer's forward needs only the pending token, so it runs
         # beside the drafter's (see LMWorker.score). With two groups each actor has the other group's
         # round to do meanwhile, and a scorer waiting inside a call could hold up the drafter's queue.
         draft = [draft_ref] if g == 1 and self.cfg.groups() == 1 else draft_ref
-        score_ref = self.actors[scorer].score.remote(group.id, draft, taus, commit=self._take_commit(group, scorer))
-        group.drafter, group.block, group.in_flight, group.uncommitted = drafter, g, score_ref, (drafter, score_ref)
+        score_ref = self.actors[scorer].score.remote(group.id, draft, taus, commit=group.commit.take(scorer))
+        group.drafter, group.block, group.in_flight = drafter, g, score_ref
+        group.commit.owe(drafter, score_ref)
 
     def _plan(self, live: list) -> tuple[str, int]:
-        """Who drafts and how long a block: the model that owned most recent positions drafts."""
+        """Who drafts and how long a block: the writer when one model writes alone, else the model
+        that owned most recent positions."""
         if self.cfg.one_token_rounds():
             return "student", 1
-        recent = [t for seq in live for t in seq.from_teacher[-OWNERSHIP_WINDOW:]]
-        drafter = "teacher" if recent and 2 * sum(recent) > len(recent) else "student"
+        if self.cfg.writer != "both":
+            drafter = self.cfg.writer
+        else:
+            recent = [t for seq in live for t in seq.from_teacher[-OWNERSHIP_WINDOW:]]
+            drafter = "teacher" if recent and 2 * sum(recent) > len(recent) else "student"
         remaining = max(self.cfg.max_new_tokens - len(seq.token_ids) for seq in live)
         return drafter, max(1, min(self.gamma[drafter], remaining))
 

@@ -14,6 +14,7 @@ from actors.pair import check_pair, start_pair
 from actors.revival import ActorLost, Revival
 from actors.switch_controller import SwitchController
 from studyhall.config import Config
+from studyhall.engine_settings import engine_settings
 from studyhall.prompts import EMBEDDED_PROMPTS, load_prompts
 
 
@@ -32,13 +33,14 @@ def generate(cfg: Config, prompts_path, out_path, limit=None, progress=True, act
     tokenizer, items = prepare(cfg, prompts_path, limit)
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
+    settings = engine_settings(cfg)
     if actors:
         teacher, student = actors
-        ray.get([teacher.configure.remote(cfg.switch), student.configure.remote(cfg.switch)])
+        ray.get([teacher.configure.remote(settings), student.configure.remote(settings)])
     else:
         teacher, student = start_pair(cfg)
     revival = Revival.for_pair(teacher, student, cfg)  # a lost actor is restarted and the run goes on
-    controller = SwitchController(teacher, student, cfg.switch, eos_ids(tokenizer, cfg.teacher.path), revival)
+    controller = SwitchController(teacher, student, settings, eos_ids(tokenizer, cfg.teacher.path), revival)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0

@@ -11,6 +11,11 @@ from studyhall.distill_math import ADAPTIVE, DIVERGENCES, SCHEDULES
 PRESET_DIR = Path(__file__).parent / "presets"
 DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group strategies
+WRITERS = ("both", "student", "teacher")
+# Filled in per engine run by studyhall/engine_settings.py from the keys that own them; not keys themselves.
+RUN_FILLED = {"run_filled": True}
+# Keys that moved to the section that owns them: the old name stops with one line naming the new one.
+MOVED = {"switch.seed": "seed", "switch.teacher_topk": "train.teacher_topk"}
 
 
 class ConfigError(ValueError):
@@ -30,6 +35,9 @@ class ModelConfig:
 
 @dataclass
 class SwitchConfig:
+    # both = the SWITCH rule picks each token's writer | student | teacher = that model writes every token and the
+    # other scores it (its log-probs and the divergence are still recorded, e.g. to calibrate tau0)
+    writer: str = "both"
     divergence: str = "js"  # js | kl_ts | kl_st | tv | skd
     # exponential | constant | linear: tau_t from tau0 and lam (SWITCH) | adaptive: AdaSwitch (arXiv 2510.07842), the student
     # writes until a divergence exceeds adaptive_k x its mean over the last adaptive_window positions, then the teacher writes the rest
@@ -39,8 +47,8 @@ class SwitchConfig:
     skd_top_k: int = 25  # only for divergence=skd: tau is fixed at K - 0.5 on the teacher rank
     adaptive_k: float = 2.0  # schedule=adaptive: the switch comes where the divergence exceeds this many times its moving average
     adaptive_window: int = 8  # schedule=adaptive: positions in that moving average
-    # block | per_token (the reference: gamma = 1, student drafts) | auto: per_token for a lone pipeline
-    # group, whose one-token rounds run both models at once (actors/switch_controller.py), else block
+    # block | per_token (the reference: gamma = 1, student drafts) | auto: per_token for a lone pipeline group
+    # of writer=both, whose one-token rounds run both models at once (actors/switch_controller.py), else block
     mode: str = "auto"
     gamma: int = 4  # first block length
     gamma_max: int = 12  # the longest block gamma may grow to
@@ -48,23 +56,29 @@ class SwitchConfig:
     sample: bool = True  # False = greedy
     temperature: float = 1.0  # sampling temperature of both models
     top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with this much probability
-    max_new_tokens: int = 128  # answer length cap of generate (distill uses train.answer_tokens when set)
+    max_new_tokens: int = 128  # answer length cap of studyhall generate (distill's is train.answer_tokens)
     batch_size: int = 16  # sequences in flight, split across the pipeline groups
     # groups take turns, so one model drafts for one while the other scores another; 0 = auto: 2, but 1 for
     # training batches when a trainer stepping beside them would compete for the cores (studyhall/threads.py)
     pipeline_groups: int = 0
-    seed: int = 0  # the run's seed: sampling streams, the order of the data, the held-out split, the evaluation's samples
-    teacher_topk: int = 20  # teacher log-probs kept per position, beside the chosen token's own
     wire_dtype: str = "float32"  # distributions between actors: float32 (exact) or float16
+    seed: int = field(default=0, metadata=RUN_FILLED)  # this engine run's sampling stream (from the run's seed)
+    teacher_topk: int = field(default=20, metadata=RUN_FILLED)  # teacher log-probs recorded per position (train.teacher_topk)
 
     def groups(self) -> int:
-        """The pipeline groups to run: pipeline_groups, or 2 for auto (0)."""
-        return self.pipeline_groups or 2
+        """The pipeline groups to run; auto (0) is resolved once per run by engine_settings."""
+        if not self.pipeline_groups:
+            raise ValueError("switch.pipeline_groups=0 (auto) reached the engine unresolved: build its settings with "
+                             "studyhall.engine_settings.engine_settings")
+        return self.pipeline_groups
 
     def one_token_rounds(self) -> bool:
         """Every round drafts one token (the student's), scored by the teacher. AdaSwitch's threshold
         depends on the divergences just before each position, so it runs one token at a time."""
-        return self.mode == "per_token" or (self.mode == "auto" and self.groups() == 1) or self.schedule == ADAPTIVE
+        if self.mode == "auto":
+            raise ValueError("switch.mode=auto reached the engine unresolved: build its settings with "
+                             "studyhall.engine_settings.engine_settings")
+        return self.mode == "per_token" or self.schedule == ADAPTIVE
 
     def tau_for_skd(self) -> float:
         return self.skd_top_k - 0.5
@@ -144,7 +158,8 @@ class TrainConfig:
     val_every: int = 5  # distillm: steps between validation losses
     data: str = ""  # JSONL/JSON/Parquet (Dolly, Alpaca, messages, prompt); empty = embedded prompts, teacher references
     val_size: int = 32  # held-out prompts
-    answer_tokens: int = 0  # new tokens per training/eval answer; 0 = switch.max_new_tokens
+    answer_tokens: int = 128  # new tokens per training and evaluation answer (studyhall generate's cap is switch.max_new_tokens)
+    teacher_topk: int = 20  # teacher log-probs recorded per answer position beside the chosen token's: what the token-level losses read
     eval_samples: int = 2  # student samples per held-out prompt
     # A first stage before train.method, as the SWITCH, GKD and DistiLLM papers start from a student fine-tuned on the
     # task data: "" = none | sft | kd | any method. It trains warm_steps steps into OUT/warm_start (its own report and
@@ -167,6 +182,7 @@ class TrainConfig:
 @dataclass
 class Config:
     preset: str = "smol"  # the preset the run was built from (set by --preset, not by an override)
+    seed: int = 0  # the run's seed: sampling streams, the order of the data, the held-out split, the evaluation's samples
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=lambda: ModelConfig(path="embedded:student"))
     switch: SwitchConfig = field(default_factory=SwitchConfig)
@@ -192,7 +208,7 @@ def load_config(preset: str, overrides: list[str] = ()) -> Config:
     if not path.is_file():
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
     raw = yaml.safe_load(path.read_text()) or {}
-    cfg = _build(Config, raw, where=str(path))
+    cfg = _build(Config, raw, where=str(path), prefix="")
     cfg.preset = preset
     for item in overrides:
         apply_override(cfg, item)
@@ -200,17 +216,19 @@ def load_config(preset: str, overrides: list[str] = ()) -> Config:
     return cfg
 
 
-def _build(cls, raw: dict, where: str):
-    known = {f.name: f for f in dataclasses.fields(cls)}
+def _build(cls, raw: dict, where: str, prefix: str):
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("run_filled")}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of fields for {cls.__name__}, got {raw!r}")
     defaults, kwargs = cls(), {}
     for key, value in raw.items():
+        if prefix + key in MOVED:
+            raise ConfigError(f"{where}: {prefix + key} moved to {MOVED[prefix + key]}")
         if key not in known:
             raise ConfigError(f"{where}: unknown field {key!r} for {cls.__name__}; known: {', '.join(known)}")
         sub = known[key].type
         if dataclasses.is_dataclass(sub):
-            kwargs[key] = _build(sub, value, f"{where}: {key}")
+            kwargs[key] = _build(sub, value, f"{where}: {key}", f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(getattr(defaults, key), value, str(value), f"{where}: {key}={value!r}")
     return cls(**kwargs)
@@ -219,6 +237,8 @@ def _build(cls, raw: dict, where: str):
 def _leaf_paths(obj, prefix=()) -> dict[str, tuple]:
     out = {}
     for f in dataclasses.fields(obj):
+        if f.metadata.get("run_filled"):
+            continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             out.update(_leaf_paths(value, prefix + (f.name,)))
@@ -232,6 +252,8 @@ def apply_override(cfg: Config, item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not key=value")
     key, text = item.split("=", 1)
+    if key in MOVED:
+        raise ConfigError(f"override {item!r}: {key} moved to {MOVED[key]}; set {MOVED[key]}={text}")
     paths = _leaf_paths(cfg)
     matches = [p for dotted, p in paths.items() if dotted == key or dotted.endswith("." + key)]
     if len(matches) != 1:
@@ -279,6 +301,7 @@ def _coerce(old, value, text: str, label: str):
 def validate(cfg: Config) -> None:
     s = cfg.switch
     checks = [
+        (s.writer in WRITERS, f"switch.writer={s.writer!r}: choose one of {', '.join(WRITERS)}"),
         (s.divergence in DIVERGENCES, f"switch.divergence={s.divergence!r}: choose one of {', '.join(DIVERGENCES)}"),
         (s.schedule in (*SCHEDULES, ADAPTIVE), f"switch.schedule={s.schedule!r}: choose one of {', '.join((*SCHEDULES, ADAPTIVE))}"),
         (s.schedule != ADAPTIVE or s.divergence != "skd", "switch.schedule=adaptive compares divergences: choose a divergence other than skd"),
@@ -295,7 +318,6 @@ def validate(cfg: Config) -> None:
         (s.batch_size >= 1, f"switch.batch_size={s.batch_size}: must be >= 1"),
         (s.pipeline_groups >= 0, f"switch.pipeline_groups={s.pipeline_groups}: must be >= 1, or 0 for auto"),
         (s.skd_top_k >= 1, f"switch.skd_top_k={s.skd_top_k}: must be >= 1"),
-        (s.teacher_topk >= 0, f"switch.teacher_topk={s.teacher_topk}: must be >= 0"),
         (s.wire_dtype in ("float32", "float16"), f"switch.wire_dtype={s.wire_dtype!r}: choose float32 or float16"),
     ]
     checks.append((cfg.placement_timeout_s > 0, f"placement_timeout_s={cfg.placement_timeout_s}: must be > 0"))
@@ -337,7 +359,8 @@ def _train_checks(t: TrainConfig) -> list:
         (t.precision in ("auto", "fp32", "bf16"), f"train.precision={t.precision!r}: choose auto, fp32 or bf16"),
         (t.cpus_per_worker >= 0 and t.gpus_per_worker >= 0, "train.cpus_per_worker and gpus_per_worker must be >= 0"),
         (t.max_failures >= 0, f"train.max_failures={t.max_failures}: must be >= 0"),
-        (t.answer_tokens >= 0, f"train.answer_tokens={t.answer_tokens}: must be >= 0 (0 = switch.max_new_tokens)"),
+        (t.answer_tokens >= 1, f"train.answer_tokens={t.answer_tokens}: must be >= 1"),
+        (t.teacher_topk >= 0, f"train.teacher_topk={t.teacher_topk}: must be >= 0"),
         (t.torch_threads >= 0, f"train.torch_threads={t.torch_threads}: must be >= 0"),
         (t.push_every >= 1 and t.checkpoint_every >= 1 and t.val_every >= 1, "train.push_every, checkpoint_every and val_every must be >= 1"),
         (t.max_staleness >= 0, f"train.max_staleness={t.max_staleness}: must be >= 0 (0 = generate each batch after the previous step's push)"),

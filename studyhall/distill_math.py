@@ -151,7 +151,7 @@ def coupled_sample(logp_target, logp_proposal, proposal, greedy: bool, top_p: fl
 
 
 def switch_block(logp_t, logp_s, drafted, teacher_drafts: bool, divergence: str, tau,
-                 greedy: bool = False, top_p: float = 1.0, generator=None):
+                 greedy: bool = False, top_p: float = 1.0, generator=None, writer: str = "both"):
     """Apply the per-token SWITCH rule to a drafted block, position by position.
 
     Shapes: logp_* [B, g, V] (the divergence distributions; sampling applies top_p to them);
@@ -165,6 +165,9 @@ def switch_block(logp_t, logp_s, drafted, teacher_drafts: bool, divergence: str,
     A token gate (SKD) depends on the student's own draw, so there the other model draws
     independently: coupling would bias which tokens the gate sees.
 
+    `writer` "student" or "teacher" names every position's source outright (the divergence is still
+    scored and returned); "both" lets the rule decide.
+
     Returns (tokens [B, g], from_teacher [B, g] bool, score [B, g], n_commit [B]).
     """
     logp_other, logp_drafter = (logp_s, logp_t) if teacher_drafts else (logp_t, logp_s)
@@ -175,7 +178,7 @@ def switch_block(logp_t, logp_s, drafted, teacher_drafts: bool, divergence: str,
     else:
         score = gate_score(divergence, logp_t, logp_s, None).float()
         other = coupled_sample(logp_other, logp_drafter, drafted, greedy, top_p, generator)
-    from_teacher = score > tau
+    from_teacher = score > tau if writer == "both" else torch.full_like(score, writer == "teacher", dtype=torch.bool)
     other_owns = ~from_teacher if teacher_drafts else from_teacher
     tokens = torch.where(other_owns, other, drafted)
     mismatch = tokens != drafted

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from actors.models import eos_ids
 from actors.pair import check_pair, release_group
 from studyhall.config import Config, ConfigError
+from studyhall.threads import trainer_threads
 from train.bootstrap import compare
 from train.cross_vocab import VocabBridge, pair_bridge, refuse_token_by_token
 from train.data import examples_digest, load_examples, prompt_token_ids, references_cache_path, split_validation
@@ -27,7 +28,7 @@ from train.phases import postfix, steady_state
 from train.report import headline, write_report
 from train.rollout import Rollout
 from train.scoring import labels, summarize
-from train.train_loop import PROGRESS_FILE, train_loop_per_worker
+from train.train_loop import PROGRESS_FILE, WorkerArgs, train_loop_per_worker
 
 
 class TrainingFailed(RuntimeError):
@@ -45,24 +46,17 @@ class Plan:
     bridge: VocabBridge | None = None  # the teacher's and student's tokenizers differ (train/cross_vocab.py)
 
 
-def with_answer_budget(cfg: Config) -> Config:
-    """Distillation's answers may be shorter than generation's default: train.answer_tokens wins."""
-    if cfg.train.answer_tokens:
-        return dataclasses.replace(cfg, switch=dataclasses.replace(cfg.switch, max_new_tokens=cfg.train.answer_tokens))
-    return cfg
-
-
 def prepare(cfg: Config, training: bool = True) -> Plan:
     """Everything that can fail on user input, before any actor or worker starts."""
     t = cfg.train
     loss = loss_for(t.method, t.loss)
     if t.method == "sft" and loss != "ce":
         raise ConfigError(f"train.loss={loss}: sft trains on the answers alone with cross-entropy; use method=kd for a distillation loss")
-    if loss != "ce" and cfg.switch.teacher_topk < 1:
-        raise ConfigError(f"train.loss={loss} needs the teacher's top-k log-probs: set switch.teacher_topk >= 1")
+    if loss != "ce" and t.teacher_topk < 1:
+        raise ConfigError(f"train.loss={loss} needs the teacher's top-k log-probs: set train.teacher_topk >= 1")
     tokenizer, context, bridge = check_models(cfg, training)
     examples = load_examples(t.data or None)
-    train, val = split_validation(examples, 0.1, min(t.val_size, len(examples) - 1), cfg.switch.seed)
+    train, val = split_validation(examples, 0.1, min(t.val_size, len(examples) - 1), cfg.seed)
     plan = plan_for(cfg, tokenizer, context, examples, train, val, loss, t.data or "embedded prompts (studyhall/data/prompts.jsonl)")
     return dataclasses.replace(plan, bridge=bridge)
 
@@ -84,12 +78,12 @@ def check_models(cfg: Config, training: bool = True):
 def plan_for(cfg: Config, tokenizer, context: int, examples: list, train: list, val: list, loss: str, source: str) -> Plan:
     """Every prompt fits the context with the answer budget; where the examples lack references, the
     teacher writes them once, cached per (teacher, prompt set, budget)."""
-    budget = cfg.switch.max_new_tokens
+    budget = cfg.train.answer_tokens
     for e in examples:
         n = len(prompt_token_ids(tokenizer, e))
         if n + budget > context:
             raise ConfigError(f"{source}: example {e.id!r} has a {n}-token prompt; "
-                              f"with max_new_tokens={budget} it exceeds the model context of {context}")
+                              f"with answer_tokens={budget} it exceeds the model context of {context}")
     has_refs = all(e.response is not None for e in examples)
     refs = references_cache_path(cfg.teacher.path, examples_digest(examples), budget)
     return Plan(tokenizer, train, val, str(refs), loss,
@@ -171,7 +165,7 @@ def reusable_stage(stage_dir: Path, cfg: Config) -> dict | None:
         report = json.loads((stage_dir / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    same = _what_counts(report.get("config") or {}) == _what_counts(json.loads(json.dumps(dataclasses.asdict(with_answer_budget(cfg)), default=str)))
+    same = _what_counts(report.get("config") or {}) == _what_counts(json.loads(json.dumps(dataclasses.asdict(cfg), default=str)))
     return report if same and (stage_dir / "student" / "config.json").is_file() else None
 
 
@@ -194,7 +188,6 @@ def warm_start_summary(warm: dict, after: dict, seed: int) -> dict:
 
 def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = True, warm_start: dict | None = None) -> dict:
     """Evaluate, train train.method, evaluate again, save the student and write the report."""
-    cfg = with_answer_budget(cfg)
     plan = prepare(cfg)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +211,7 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
             say(f"the student before training is the warm stage's after: {headline(before)}")
         else:
             say(f"evaluating the student before training ({len(plan.val)} held-out prompts x {t.eval_samples} samples) ...")
-            before = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
+            before = evaluate(rollout, plan.val, t.eval_samples, cfg.seed)
             teacher = teacher_yardstick(rollout, plan.val)
             say(f"  before: {headline(before)}")
 
@@ -226,10 +219,10 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
         resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"cfg": cfg, "rollout": rollout, "loss": plan.loss, "pad_id": _pad_id(plan.tokenizer),
-                               "cross": Cross(plan.bridge.unreached, t.uld_weight, t.cross_loss) if plan.bridge else None,
-                               "student_dir": str(out / "student"), "eos_ids": _eos(plan.tokenizer, cfg),
-                               "resume_from": str(resume_from) if resume_from else None},
+            train_loop_config={"args": WorkerArgs(
+                cfg, rollout, plan.loss, _pad_id(plan.tokenizer), _eos(plan.tokenizer, cfg), str(out / "student"),
+                cross=Cross(plan.bridge.unreached, t.uld_weight, t.cross_loss) if plan.bridge else None,
+                resume_from=str(resume_from) if resume_from else None)},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
             # A failed worker group is replaced and restarts from the last checkpoint (train_loop._resume).
@@ -245,7 +238,7 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
         # The trainer pushed its last step's weights to the generation actor before fit() returned
         # (train_loop: every push_every steps and at the last), so this evaluates the trained student.
         say("evaluating the student after training ...")
-        after = evaluate(rollout, plan.val, t.eval_samples, cfg.switch.seed)
+        after = evaluate(rollout, plan.val, t.eval_samples, cfg.seed)
         say(f"  after:  {headline(after)}")
         evaluated = ray.get(rollout.generation_weights.remote())
         summary = ray.get(rollout.summary.remote())
@@ -265,16 +258,16 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
             "data": {"source": plan.source, "train_examples": len(plan.train), "val_examples": len(plan.val),
                      "references": "teacher-written, cached" if "teacher-written" in plan.source else "from the data file"},
             "before": before, "after": after,
-            "difference": compare(before, after, seed=cfg.switch.seed),
+            "difference": compare(before, after, seed=cfg.seed),
             "teacher_greedy": teacher,
-            "difference_greedy": compare(before["greedy"], after["greedy"], seed=cfg.switch.seed),
+            "difference_greedy": compare(before["greedy"], after["greedy"], seed=cfg.seed),
             "prompts": {e.id: e.messages[-1]["content"] for e in plan.val},
             "metrics": labels(after),
             "loss_curve": [{"step": m["step"], "loss": round(m["loss"], 5), "lr": m["lr"], "repeats": m.get("repeats", 0)} for m in metrics],
             "intervention_by_position": summary["intervention_by_position"],
             "staleness_steps": summary["staleness_steps"],
             "start_weights": {"label": "the weights the student generation actor started with (actors.weights.digest)", **start_weights},
-            "warm_start": warm_start_summary(warm_start, after, cfg.switch.seed) if warm_start else None,
+            "warm_start": warm_start_summary(warm_start, after, cfg.seed) if warm_start else None,
             "evaluated_weights": {"label": "the weights the student generation actor had for the evaluation after "
                                            "training: the optimizer step they came from, and a digest (actors.weights.digest)",
                                   **evaluated},
@@ -294,6 +287,12 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
                        "steady_state": steady_state([m["phases"] for m in metrics]),
                        "per_step": [{"step": m["step"], **m["phases"]} for m in metrics]},
             "method_state": summary["method_state"],
+            # every `auto` of the config as this run resolved it, each in the one place that resolves it
+            "resolved": {"train.loss": plan.loss, "train.precision": metrics[-1]["precision"] if metrics else None,
+                         "train.torch_threads": trainer_threads(cfg),
+                         "teacher.dtype": summary["generation_dtype"]["teacher"], "student.dtype": summary["generation_dtype"]["student"],
+                         "switch.pipeline_groups": summary["batch_pipeline_groups"]["groups"],
+                         "switch.mode": summary["batch_pipeline_groups"]["mode"]},
             "student_dir": str(out / "student"),
             "resumed_from": str(resume_from) if resume_from else None,
             "config": dataclasses.asdict(cfg),
@@ -308,15 +307,15 @@ def held_out_loss_label(cfg: Config, bridge: VocabBridge | None) -> dict:
     """What the trainer's held-out loss at the first and last step is: the top-k KL, or across tokenizers its hybrid."""
     if bridge is None:
         return {"title": "Held-out KL (top-k lower bound)",
-                "label": f"top-{cfg.switch.teacher_topk} + rest-bucket KL(teacher||student), nats/token, from the trainer: "
+                "label": f"top-{cfg.train.teacher_topk} + rest-bucket KL(teacher||student), nats/token, from the trainer: "
                          "a lower bound of the full-vocabulary KL"}
     if cfg.train.cross_loss == "uld":
         return {"title": "Held-out cross-tokenizer loss",
                 "label": f"ULD: cross-entropy + {cfg.train.uld_weight} x the sorted-probability distance to the teacher's top-"
-                         f"{cfg.switch.teacher_topk}, nats per aligned position, from the trainer (in place of the full-vocabulary KL, "
+                         f"{cfg.train.teacher_topk}, nats per aligned position, from the trainer (in place of the full-vocabulary KL, "
                          "which is not defined across tokenizers)"}
     return {"title": "Held-out cross-tokenizer loss",
-            "label": f"forward KL over the teacher's top-{cfg.switch.teacher_topk} tokens that are student tokens too (+ a rest bucket) "
+            "label": f"forward KL over the teacher's top-{cfg.train.teacher_topk} tokens that are student tokens too (+ a rest bucket) "
                      f"+ {cfg.train.uld_weight} x ULD over its other top-k tokens, nats per aligned position, from the trainer "
                      "(in place of the full-vocabulary KL, which is not defined across tokenizers)"}
 

@@ -13,12 +13,11 @@ import ray
 
 from studyhall.config import Config, ConfigError
 from train.data import load_examples
-from train.distill import check_models, close, evaluate, plan_for, prepare, start_rollout, teacher_yardstick, tokenizers_summary, with_answer_budget
+from train.distill import check_models, close, evaluate, plan_for, prepare, start_rollout, teacher_yardstick, tokenizers_summary
 from train.scoring import labels
 
 
 def run_evaluate(cfg: Config, prompts: str | None = None) -> dict:
-    cfg = with_answer_budget(cfg)
     if prompts and cfg.train.data:
         raise ConfigError(f"--prompts {prompts} and --data {cfg.train.data}: give one (--data evaluates its held-out split, --prompts every prompt)")
     if prompts:
@@ -31,7 +30,7 @@ def run_evaluate(cfg: Config, prompts: str | None = None) -> dict:
         ray.init(log_to_driver=False)
     rollout, pair_name = start_rollout(cfg, [], plan.val, plan.references_path, plan.bridge)
     try:
-        result = evaluate(rollout, plan.val, cfg.train.eval_samples, cfg.switch.seed)
+        result = evaluate(rollout, plan.val, cfg.train.eval_samples, cfg.seed)
         result["teacher_greedy"] = teacher_yardstick(rollout, plan.val)
     finally:
         close(rollout, pair_name)

@@ -1,5 +1,5 @@
 """The distillation methods, as what each one trains on: planners that say where each example's record
-comes from (a Need); train/rollout.py makes the records. The loss is chosen apart (train/objective.py).
+comes from (a Need); train/records.py makes the records. The loss is chosen apart (train/objective.py).
 
 | method   | records                                                                      | default loss |
 |----------|------------------------------------------------------------------------------|--------------|
@@ -24,7 +24,7 @@ NEEDS_SHARED_VOCAB = {"kd", "gkd", "skd", "distillm", "switch", "adaswitch"}  # 
 
 # Where a record can come from. "data": the reference answer; "scored_data": the same, with the
 # teacher's log-probs from one plain teacher pass; the others: the SWITCH engine in that mode
-# (train.rollout.engine_settings), whose records come with the teacher's log-probs already.
+# (train.records.SAMPLE_KINDS), whose records come with the teacher's log-probs already.
 SOURCES = ("data", "scored_data", "student", "teacher", "switch", "skd", "adaswitch")
 # (train.unlikelihood adds the rollout's own source, studyhall.unlikelihood.OWN_GREEDY, to every method's steps.)
 
@@ -53,12 +53,12 @@ class Method:
         start = (step - 1) * n
         while len(self.order) < start + n:  # a fresh seeded shuffle per epoch
             epoch = list(range(len(self.train)))
-            random.Random(self.cfg.switch.seed * 1000 + len(self.order) // len(self.train)).shuffle(epoch)
+            random.Random(self.cfg.seed * 1000 + len(self.order) // len(self.train)).shuffle(epoch)
             self.order += epoch
         return [self.train[i] for i in self.order[start:start + n]]
 
     def seed(self, step: int) -> int:
-        return self.cfg.switch.seed * 100003 + step
+        return self.cfg.seed * 100003 + step
 
     def plan(self, step: int, n: int) -> list[Need]:
         """What step `step`'s batch of `n` needs, made in this order (no empty Need)."""

@@ -106,6 +106,7 @@ def _markdown(r: dict) -> str:
         f"- **Precision:** {(r.get('precision') or {}).get('dtype', '-')} ({(r.get('precision') or {}).get('why', '-')}); "
         f"logits {'at answer positions only' if (r.get('precision') or {}).get('answer_logits_only') else 'at every position'}"
         f"{_generation_dtype((r.get('precision') or {}).get('generation'))}",
+        *_resolved_line(r.get("resolved")),
         f"- **Data:** {data.get('source')}: {data.get('train_examples')} training and {data.get('val_examples')} held-out examples",
         f"- **References:** {data.get('references')}",
         f"- **Student:** `{r.get('student_dir')}` (loads with `AutoModelForCausalLM.from_pretrained`)",
@@ -181,6 +182,13 @@ def _overall_table(before: dict, after: dict, difference: dict) -> list[str]:
         lines += ["", "References: the same metric of the held-out references themselves (the teacher's answers, or the "
                   "data's), where it applies: how much a good answer repeats itself."]
     return lines
+
+
+def _resolved_line(resolved: dict | None) -> list[str]:
+    """The config's autos as this run resolved them (SWITCH's two for its training batches)."""
+    if not resolved:
+        return []
+    return ["- **Resolved autos:** " + ", ".join(f"`{k}={v}`" for k, v in resolved.items() if v is not None)]
 
 
 def _generation_dtype(dtypes: dict | None) -> str:

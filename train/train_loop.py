@@ -23,15 +23,29 @@ import torch.distributed as dist
 
 from actors.models import load_model, load_tokenizer
 from actors.weights import pack
+from studyhall.config import Config
 from studyhall.threads import trainer_threads
 from studyhall.unlikelihood import OWN_GREEDY
 from train.answer_logits import AnswerLogitsLM
-from train.objective import answer_loss, collate, micro_batches, with_own_greedy
+from train.objective import Cross, answer_loss, collate, micro_batches, with_own_greedy
 from train.phases import PhaseTimer
 from train.precision import resolve as resolve_precision
 
 PROGRESS_FILE = "progress.json"
 DS_TAG = "deepspeed"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerArgs:
+    """What the driver hands every Ray Train worker (as train_loop_config={"args": ...})."""
+    cfg: Config
+    rollout: object  # the Rollout actor's handle: batches in, weights and metrics out
+    loss: str  # the resolved train.loss
+    pad_id: int
+    eos_ids: list[int]  # written into the saved student's generation config
+    student_dir: str  # where rank 0 saves the HF student
+    cross: Cross | None = None  # the teacher's and student's tokenizers differ (train/objective.Cross)
+    resume_from: str | None = None  # a checkpoint folder from --resume
 
 
 def deepspeed_config(t, world: int, bf16: bool) -> dict:
@@ -137,13 +151,13 @@ def _from_rollout(call):
 
 def train_loop_per_worker(config: dict) -> None:
     try:
-        _train(config)
+        _train(config["args"])
     except RolloutGone:
         return
 
 
-def _train(config: dict) -> None:
-    cfg, rollout = config["cfg"], config["rollout"]
+def _train(args: WorkerArgs) -> None:
+    cfg, rollout = args.cfg, args.rollout
     t = cfg.train
     use_gpu = torch.cuda.is_available() and t.gpus_per_worker > 0
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
@@ -153,7 +167,7 @@ def _train(config: dict) -> None:
     torch.set_num_threads(trainer_threads(cfg))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.switch.seed + rank)
+    torch.manual_seed(cfg.seed + rank)
     precision = resolve_precision(t.precision, use_gpu)
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
     # fp32 weights: DeepSpeed keeps the masters and casts for bf16 itself; CPU autocast casts per op.
@@ -162,21 +176,20 @@ def _train(config: dict) -> None:
     student = AnswerLogitsLM(model, enabled=t.answer_logits)
     engine, _, _, scheduler = deepspeed.initialize(model=student, model_parameters=[p for p in student.parameters() if p.requires_grad],
                                                    config=deepspeed_config(t, world, precision.deepspeed_bf16), dist_init_required=False)
-    config = {**config, "precision": precision}
     how = {"precision": precision.dtype, "precision_how": precision.how, "precision_why": precision.why,
            "answer_logits_only": student.split}
 
     wire_dtype = getattr(torch, _from_rollout(rollout.weights_dtype.remote()))
-    step, replaced = _resume(engine, rollout, rank, t.zero_stage, config.get("resume_from"), wire_dtype)
-    pad_id = config["pad_id"]
+    step, replaced = _resume(engine, rollout, rank, t.zero_stage, args.resume_from, wire_dtype)
+    pad_id = args.pad_id
     # KL to the teacher on held-out answers, before and after: the plainest sign of distillation.
     # Every rank runs the forward (under ZeRO-3 it gathers parameters collectively); rank 0 reports.
-    measure_kl = cfg.switch.teacher_topk > 0
+    measure_kl = cfg.train.teacher_topk > 0
     if measure_kl and not replaced:  # a replacement group continues the run: its start was measured
-        kl_start = _val_loss(engine, config, rollout, pad_id, "fkl")
+        kl_start = _val_loss(engine, args, precision, "fkl")
         if rank == 0:
             rollout.log_val_kl.remote("start", step, kl_start)
-    with_teacher = config["loss"] != "ce"
+    with_teacher = args.loss != "ce"
     started, trained_tokens, run_positions = time.perf_counter(), 0, 0
     timer = PhaseTimer()
     while step < t.steps:
@@ -188,8 +201,8 @@ def _train(config: dict) -> None:
         for part in with_own_greedy(micro_batches(distill_records, t.micro_batch, t.group_by_length), records):
             with timer("forward_backward"):
                 batch = _to(collate(part, pad_id, with_teacher, t.unlikelihood_ngram), engine.device)
-                loss = answer_loss(_forward(engine, batch, precision), batch, config["loss"], t.beta, t.alpha, t.loss_temperature,
-                                   t.unlikelihood, config.get("cross"))
+                loss = answer_loss(_forward(engine, batch, precision), batch, args.loss, t.beta, t.alpha, t.loss_temperature,
+                                   t.unlikelihood, args.cross)
             if not _all_finite(loss):
                 # Stop every rank before the bad update. Returning, not raising: Ray Train would
                 # retry a raise from the last checkpoint (FailureConfig), for a loss that diverged.
@@ -215,7 +228,7 @@ def _train(config: dict) -> None:
         val = None
         if t.method == "distillm" and step % t.val_every == 0:  # timed only when it runs: the others report 0
             with timer("validation"):
-                val = _val_loss(engine, config, rollout, pad_id, config["loss"])
+                val = _val_loss(engine, args, precision, args.loss)
 
         def to_rollout():
             if weights is not None:
@@ -241,10 +254,10 @@ def _train(config: dict) -> None:
             rollout.log_metrics.remote({**metrics, "phases": phases, **how})
 
     if measure_kl:
-        kl_end = _val_loss(engine, config, rollout, pad_id, "fkl")
+        kl_end = _val_loss(engine, args, precision, "fkl")
         _on_rank0(rank, lambda: ray.get(rollout.log_val_kl.remote("end", step, kl_end)))
     if rank == 0 or t.zero_stage == 3:
-        _save_student(engine, config, rank, t.zero_stage)
+        _save_student(engine, args, rank, t.zero_stage)
 
 
 def _forward(engine, batch, precision, module=None):
@@ -275,15 +288,15 @@ def _mean_over_ranks(value: float, world: int) -> float:
 
 
 @torch.no_grad()
-def _val_loss(engine, config, rollout, pad_id, loss: str) -> float:
+def _val_loss(engine, args: WorkerArgs, precision, loss: str) -> float:
     """The loss on held-out references the teacher scored (DistiLLM's validation signal, and the report's KL)."""
-    records = _from_rollout(rollout.val_records.remote())
-    t = config["cfg"].train
+    records = _from_rollout(args.rollout.val_records.remote())
+    t = args.cfg.train
     total, n = 0.0, 0
     for part in micro_batches(records, t.micro_batch):
-        batch = _to(collate(part, pad_id, True), engine.device)
-        logits = _forward(engine, batch, config["precision"], module=engine.module)
-        total += answer_loss(logits, batch, loss, t.beta, t.alpha, t.loss_temperature, cross=config.get("cross")).item() * len(part)
+        batch = _to(collate(part, args.pad_id, True), engine.device)
+        logits = _forward(engine, batch, precision, module=engine.module)
+        total += answer_loss(logits, batch, loss, t.beta, t.alpha, t.loss_temperature, cross=args.cross).item() * len(part)
         n += len(part)
     return total / max(n, 1)
 
@@ -319,18 +332,18 @@ def _resume(engine, rollout, rank: int, zero_stage: int, resume_from: str | None
     return step, bool(replaced.item())
 
 
-def _save_student(engine, config: dict, rank: int, zero_stage: int) -> None:
+def _save_student(engine, args: WorkerArgs, rank: int, zero_stage: int) -> None:
     """An HF folder that AutoModelForCausalLM.from_pretrained loads: safetensors, config, tokenizer, generation config."""
     state = full_state_dict(engine, zero_stage)
     if rank != 0:
         return
-    out = Path(config["student_dir"])
+    out = Path(args.student_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = student_of(engine)
     model.config.use_cache = True
     model.save_pretrained(out, state_dict=state, safe_serialization=True)
-    cfg = config["cfg"]
+    cfg = args.cfg
     load_tokenizer(cfg.student.path, cfg.student.trust_remote_code).save_pretrained(out)
     generation = model.generation_config
-    generation.eos_token_id = sorted(config["eos_ids"])
+    generation.eos_token_id = sorted(args.eos_ids)
     generation.save_pretrained(out)

@@ -4,7 +4,6 @@ Two operating points are calibrated, with lambda fixed, by bisection on tau0 ove
 prompts: `low_point` (the teacher writes ~10% of tokens) and `paper_point` (~50%, as in the SWITCH
 paper). Block and per-token SWITCH then run at each point.
 """
-import dataclasses
 import json
 import math
 import sys
@@ -17,6 +16,7 @@ from actors.pair import start_pair
 from actors.switch_controller import SwitchController
 from cluster.generate import prepare
 from studyhall.config import load_config
+from studyhall.engine_settings import engine_settings
 
 TARGETS = {"low_point": 0.10, "paper_point": 0.50}
 DEFAULT_PROMPTS = {"tiny": 64, "smol": 16}
@@ -35,7 +35,7 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
     lam = 1.0 / cfg.switch.max_new_tokens  # tau falls to 1/e of tau0 by the longest answer
 
     def run(**changes):
-        switch = dataclasses.replace(cfg.switch, **changes)
+        switch = engine_settings(cfg, **changes)
         ray.get([teacher.configure.remote(switch), student.configure.remote(switch)])
         seqs = []
         summary = SwitchController(teacher, student, switch, eos).run(items, on_finish=seqs.append).summary()
@@ -44,7 +44,7 @@ def run_bench(preset: str, out: str, n_prompts: int | None, overrides: list[str]
         return summary, seqs
 
     result = {"preset": preset, "prompts": len(items), "max_new_tokens": cfg.switch.max_new_tokens,
-              "batch_size": cfg.switch.batch_size, "pipeline_groups": cfg.switch.groups(),
+              "batch_size": cfg.switch.batch_size, "pipeline_groups": engine_settings(cfg).pipeline_groups,
               "schedule": "exponential", "lam": lam, "divergence": cfg.switch.divergence}
     warm_up, _ = run(mode="block", tau0=cfg.switch.tau0, lam=lam)  # pays first-call costs; timing not kept
     seen = [(cfg.switch.tau0, warm_up["teacher_share"], None)]
@@ -96,7 +96,7 @@ def _calibrate(run, target: float, seen: list, lam: float, steps: int = CALIBRAT
 def _bound(cfg, teacher, student, items) -> dict:
     """Student-only sampling rate and teacher block-scoring rate, each measured inside its actor
     with the shapes the runs use: a pipeline group's rows, blocks of the starting gamma."""
-    rows = math.ceil(cfg.switch.batch_size / cfg.switch.groups())
+    rows = math.ceil(cfg.switch.batch_size / engine_settings(cfg).pipeline_groups)
     prompts = [it.token_ids for it in items[:rows]]
     g, rounds = cfg.switch.gamma, max(4, cfg.switch.max_new_tokens // (2 * cfg.switch.gamma))
     student_rate = ray.get(student.throughput.remote(prompts, g, rounds, "draft"))

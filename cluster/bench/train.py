@@ -21,7 +21,6 @@ from actors.models import load_model, model_config
 from studyhall.config import Config, load_config
 from studyhall.threads import trainer_threads
 from train.answer_logits import AnswerLogitsLM
-from train.distill import with_answer_budget
 from train.methods import loss_for
 from train.objective import answer_loss, collate
 from train.precision import resolve as resolve_precision
@@ -115,11 +114,11 @@ def _bench_worker(config: dict) -> None:
 
 
 def run_bench(preset: str, out: str, steps: int, overrides: list[str]) -> dict:
-    cfg = with_answer_budget(load_config(preset, ["num_workers=1", *overrides]))
+    cfg = load_config(preset, ["num_workers=1", *overrides])
     t = cfg.train
     loss = loss_for(t.method, t.loss)
     vocab = model_config(cfg.student).vocab_size
-    records = synthetic_records(vocab, t.global_batch, 64, cfg.switch.max_new_tokens, max(cfg.switch.teacher_topk, 1), cfg.switch.seed)
+    records = synthetic_records(vocab, t.global_batch, 64, t.answer_tokens, max(t.teacher_topk, 1), cfg.seed)
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
     out_path = Path(out).resolve()
@@ -131,7 +130,7 @@ def run_bench(preset: str, out: str, steps: int, overrides: list[str]) -> dict:
     metrics = trainer.fit().metrics
     result = {
         "preset": preset, "model": cfg.student.path, "loss": loss, "zero_stage": t.zero_stage,
-        "global_batch": t.global_batch, "micro_batch": t.micro_batch, "sequence_tokens": 64 + cfg.switch.max_new_tokens,
+        "global_batch": t.global_batch, "micro_batch": t.micro_batch, "sequence_tokens": 64 + t.answer_tokens,
         "timed_steps": steps, "warmup_steps": WARMUP_STEPS, "tokens_per_step": metrics["tokens_per_step"],
         "plain_tokens_per_s": round(metrics["plain_tokens_per_s"], 1),
         "deepspeed_tokens_per_s": round(metrics["deepspeed_tokens_per_s"], 1),

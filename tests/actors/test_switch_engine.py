@@ -10,6 +10,7 @@ from actors.models import load_model
 from actors.pair import start_pair, stop_pair
 from cluster.generate import generate
 from studyhall.config import load_config
+from studyhall.engine_settings import engine_settings
 from studyhall.distill_math import divergence_logprobs, js
 
 pytestmark = pytest.mark.timeout(300)
@@ -44,6 +45,26 @@ def test_greedy_block_equals_per_token(pair, tmp_path, divergence):
     assert ref_summary["teacher_calls_per_token"] == 1.0
     assert ref_summary["forwards_per_token"] == 2.0  # one student draft and one teacher score per token
     assert block_summary["teacher_calls_per_token"] < 0.8
+
+
+def test_a_named_writer_writes_every_token_in_blocks_and_the_other_scores_each(pair, tmp_path):
+    common = ["sample=false", "max_new_tokens=12", "tau0=0.3", "teacher_topk=3"]
+    rule_summary, rule = _run(pair, tmp_path, "rule", common, limit=6)
+    assert 0 < rule_summary["teacher_share"] < 1  # at this tau0 the rule hands tokens to both
+    for writer in ("student", "teacher"):
+        summary, records = _run(pair, tmp_path, writer, common + [f"writer={writer}"], limit=6)
+        assert all(r["from_teacher"] == [writer == "teacher"] * len(r["token_ids"]) for r in records.values())
+        assert all(len(r["divergence"]) == len(r["teacher_logprob"]) == len(r["teacher_topk_ids"]) == len(r["token_ids"])
+                   for r in records.values())
+        # the writer drafts every block and every drafted token stands: blocks grow past one token
+        assert summary["forwards_per_token"] < 2.0, summary
+        # greedy, the writer alone is the writer's own greedy answer, token for token
+        model = load_model(getattr(load_config("tiny"), writer), torch.device("cpu"))
+        for r in records.values():
+            with torch.no_grad():
+                own = model.generate(torch.tensor([r["prompt_token_ids"]]), max_new_tokens=len(r["token_ids"]), do_sample=False,
+                                     pad_token_id=0)[0, len(r["prompt_token_ids"]):].tolist()
+            assert r["token_ids"] == own, (writer, r["prompt_id"])
 
 
 def test_fewer_prompts_than_batch_size_are_split_across_the_pipeline_groups(pair, tmp_path):
@@ -113,10 +134,14 @@ def test_a_one_token_round_scored_beside_its_draft_equals_one_scored_after_it(pa
 
 
 def test_auto_mode_runs_one_token_rounds_for_a_lone_group_only():
-    assert load_config("tiny", ["pipeline_groups=1"]).switch.one_token_rounds()
-    assert not load_config("tiny", ["pipeline_groups=2"]).switch.one_token_rounds()
-    assert not load_config("tiny", ["pipeline_groups=1", "mode=block"]).switch.one_token_rounds()
-    assert load_config("tiny", ["pipeline_groups=2", "mode=per_token"]).switch.one_token_rounds()
+    def rounds(*overrides):
+        return engine_settings(load_config("tiny", list(overrides))).one_token_rounds()
+
+    assert rounds("pipeline_groups=1")
+    assert not rounds("pipeline_groups=2")
+    assert not rounds("pipeline_groups=1", "mode=block")
+    assert rounds("pipeline_groups=2", "mode=per_token")
+    assert not rounds("pipeline_groups=1", "writer=student")  # one model writes alone: blocks
 
 
 def test_adaswitch_hands_each_answer_to_the_teacher_once_at_its_first_spike(pair, tmp_path):

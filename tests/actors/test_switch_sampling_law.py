@@ -17,6 +17,7 @@ from actors.pair import start_pair, stop_pair
 from actors.switch_controller import SwitchController
 from studyhall.config import load_config
 from studyhall.distill_math import divergence_logprobs, js
+from studyhall.engine_settings import engine_settings
 from studyhall.prompts import PromptItem
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
@@ -33,11 +34,11 @@ def samples(ray_local, tiny_tokenizer):
     teacher, student = start_pair(load_config("tiny"))
     out = {}
     for name, extra in {"per_token": ["mode=per_token", "seed=1"], "block": ["mode=block", "gamma=3", "seed=2"],
-                        "student_only": ["mode=per_token", "tau0=1e9", "seed=3"]}.items():
-        cfg = load_config("tiny", common + extra)
-        ray.get([a.configure.remote(cfg.switch) for a in (teacher, student)])
+                        "student_only": ["mode=per_token", "writer=student", "seed=3"]}.items():
+        settings = engine_settings(load_config("tiny", common + extra))
+        ray.get([a.configure.remote(settings) for a in (teacher, student)])
         seqs = []
-        SwitchController(teacher, student, cfg.switch, eos_ids=set()).run(items, on_finish=seqs.append)
+        SwitchController(teacher, student, settings, eos_ids=set()).run(items, on_finish=seqs.append)
         out[name] = seqs
     stop_pair(teacher, student)
     return ids, out

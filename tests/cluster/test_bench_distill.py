@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(600), py
 def test_bench_distill_writes_the_breakdown_of_each_setting(tmp_path, capsys):
     out = tmp_path / "distill.json"
     code = main(["bench", "distill", "--preset", "tiny", "--method", "gkd", "--vary", "train.max_staleness=0,1", "--out", str(out),
-                 "steps=3", "global_batch=4", "micro_batch=2", "val_size=2", "eval_samples=1", "max_new_tokens=8"])
+                 "steps=3", "global_batch=4", "micro_batch=2", "val_size=2", "eval_samples=1", "answer_tokens=8"])
     assert code == 0
     result = json.loads(out.read_text())
     assert [r["setting"] for r in result["runs"]] == ["train.max_staleness=0", "train.max_staleness=1"]

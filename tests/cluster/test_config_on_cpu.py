@@ -11,7 +11,8 @@ def test_presets_load_and_overrides_apply():
                                "sample=false", "teacher.num_cpus=0.25", "tau0=1e-3"])
     s = cfg.switch
     assert (s.tau0, s.lam, s.gamma, s.divergence, s.schedule) == (1e-3, 0.1, 6, "kl_ts", "linear")
-    assert (s.temperature, s.top_p, s.max_new_tokens, s.batch_size, s.seed, s.sample) == (0.7, 0.9, 64, 4, 7, False)
+    assert (s.temperature, s.top_p, s.max_new_tokens, s.batch_size, s.sample) == (0.7, 0.9, 64, 4, False)
+    assert cfg.seed == 7  # the run's seed is the top level's, not the engine section's
     assert cfg.teacher.num_cpus == 0.25 and cfg.student.num_cpus == 0.5  # the override, and the preset's own
     assert isinstance(s.tau0, float) and isinstance(s.gamma, int)
 
@@ -29,6 +30,11 @@ def test_presets_load_and_overrides_apply():
     (["num_cpus=1"], "ambiguous"),
     (["nonsense=1"], "unknown key"),
     (["tau0"], "not key=value"),
+    (["writer=nobody"], "switch.writer='nobody': choose one of both, student, teacher"),
+    (["answer_tokens=0"], "train.answer_tokens=0: must be >= 1"),
+    # keys that moved to the section that owns them name the new key
+    (["switch.seed=3"], "switch.seed moved to seed; set seed=3"),
+    (["switch.teacher_topk=5"], "switch.teacher_topk moved to train.teacher_topk; set train.teacher_topk=5"),
 ])
 def test_bad_values_name_the_field(overrides, fragment):
     with pytest.raises(ConfigError, match=None) as err:
@@ -43,3 +49,23 @@ def test_greedy_allows_any_temperature():
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ConfigError, match="unknown preset 'huge'.*smol.*tiny"):
         load_config("huge")
+
+
+def test_a_preset_with_a_moved_key_names_the_new_one(tmp_path, monkeypatch):
+    import studyhall.config as config
+
+    (tmp_path / "old.yaml").write_text("switch:\n  tau0: 0.3\n  seed: 4\n")
+    monkeypatch.setattr(config, "PRESET_DIR", tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_config("old")
+    assert str(err.value) == f"{tmp_path / 'old.yaml'}: switch: switch.seed moved to seed"
+
+
+def test_run_filled_engine_fields_are_not_keys():
+    from studyhall.config import _leaf_paths
+
+    keys = _leaf_paths(load_config("tiny"))
+    assert {"seed", "train.teacher_topk", "switch.writer"} <= set(keys)
+    assert not {"switch.seed", "switch.teacher_topk"} & set(keys)
+    cfg = load_config("tiny", ["teacher_topk=7", "seed=2"])  # leaf names now reach the owners alone
+    assert (cfg.train.teacher_topk, cfg.seed) == (7, 2)

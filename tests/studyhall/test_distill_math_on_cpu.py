@@ -124,6 +124,20 @@ def test_switch_block_teacher_drafts():
     assert n.tolist() == [3, 2] and tokens[1, 1] == 5 and not from_teacher.any()
 
 
+def test_a_named_writer_owns_every_position_and_the_divergence_is_still_scored():
+    # the same block as above, where the rule hands position 1 to the teacher
+    logp_t, logp_s = _sharp(0, 2, 3)[None], _sharp(0, 1, 3)[None]
+    drafted, tau = torch.tensor([[0, 1, 3]]), torch.full((1, 3), 0.3)
+    rule = dm.switch_block(logp_t, logp_s, drafted, False, "js", tau, greedy=True)
+    tokens, from_teacher, score, n = dm.switch_block(logp_t, logp_s, drafted, False, "js", tau, greedy=True, writer="student")
+    assert tokens.tolist() == drafted.tolist() and n.tolist() == [3] and not from_teacher.any()
+    assert torch.equal(score, rule[2])  # scored as the rule scores it: what calibrating tau0 reads
+    # the teacher writes: its draft stands whole, whatever the threshold
+    tokens, from_teacher, score, n = dm.switch_block(logp_t, logp_s, torch.tensor([[0, 2, 3]]), True, "js",
+                                                     torch.full((1, 3), 10.0), greedy=True, writer="teacher")
+    assert tokens.tolist() == [[0, 2, 3]] and n.tolist() == [3] and from_teacher.all() and score[0, 1] > 0.6
+
+
 def test_coupled_sample_has_the_target_law_and_agrees_maximally():
     g = torch.Generator().manual_seed(5)
     target = torch.tensor([0.5, 0.2, 0.2, 0.1, 0.0]).log()

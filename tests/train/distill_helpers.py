@@ -22,7 +22,7 @@ ANSWERS = [
 
 
 def _cfg(data, *overrides):
-    return load_config("tiny", [f"data={data}", "val_size=2", "max_new_tokens=16", *overrides])
+    return load_config("tiny", [f"data={data}", "val_size=2", "answer_tokens=16", *overrides])
 
 
 def assert_a_complete_two_step_report(out_dir, method: str) -> dict:

@@ -83,11 +83,11 @@ def _full_vocab_kl(student_path: str, data: str, cfg) -> dict:
     tokenizer = load_tokenizer("tiny:student")
     teacher = load_model(ModelConfig(path="tiny:teacher", dtype="float32"), torch.device("cpu"))
     student = load_model(ModelConfig(path=student_path, dtype="float32"), torch.device("cpu"))
-    _, val = split_validation(load_examples(data), 0.1, cfg.train.val_size, cfg.switch.seed)
+    _, val = split_validation(load_examples(data), 0.1, cfg.train.val_size, cfg.seed)
     out = {}
     for e in val:
         prompt = prompt_token_ids(tokenizer, e)
-        response = tokenizer(e.response, add_special_tokens=False)["input_ids"][:cfg.switch.max_new_tokens - 1] + [tokenizer.eos_token_id]
+        response = tokenizer(e.response, add_special_tokens=False)["input_ids"][:cfg.train.answer_tokens - 1] + [tokenizer.eos_token_id]
         ids = torch.tensor([prompt + response])
         at = slice(len(prompt) - 1, len(prompt) + len(response) - 1)
         with torch.no_grad():
@@ -154,7 +154,7 @@ def test_eval_command_scores_the_saved_student(zero2_run, dolly_file, tmp_path, 
     _, report = zero2_run
     out = tmp_path / "eval.json"
     code = main(["eval", "student", "--preset", "tiny", "--student", report["student_dir"], "--data", dolly_file,
-                 "--out", str(out), "val_size=2", "max_new_tokens=16"])
+                 "--out", str(out), "val_size=2", "answer_tokens=16"])
     assert code == 0
     result = json.loads(out.read_text())
     assert result["student"] == report["student_dir"] and result["samples"] == 2
@@ -172,7 +172,7 @@ def test_eval_on_a_prompt_file_writes_and_reuses_cached_teacher_references(tmp_p
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": q}) + "\n" for i, (q, _) in enumerate(ANSWERS[:3])))
 
     def run(out):
-        code = main(["eval", "student", "--preset", "tiny", "--prompts", str(prompts), "--out", str(out), "max_new_tokens=12"])
+        code = main(["eval", "student", "--preset", "tiny", "--prompts", str(prompts), "--out", str(out), "answer_tokens=12"])
         assert code == 0
         return json.loads(out.read_text())
 

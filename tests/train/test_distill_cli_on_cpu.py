@@ -30,7 +30,7 @@ def test_missing_field_names_field_line_and_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("overrides, expected", [
     (["method=sft", "loss=fkl"], "sft trains on the answers alone"),
-    (["method=kd", "teacher_topk=0"], "switch.teacher_topk >= 1"),
+    (["method=kd", "teacher_topk=0"], "set train.teacher_topk >= 1"),
     (["method=nope"], "choose one of sft, kd, seqkd, gkd, skd, distillm, switch"),
     (["global_batch=5"], "multiple of micro_batch"),
     (["zero_stage=4"], "choose 0, 1, 2 or 3"),

@@ -113,14 +113,15 @@ def test_each_engine_source_runs_the_engine_in_its_own_mode():
     """What the rollout asks the SWITCH engine for, per source: the per-method two-step runs exercise
     the switch source end to end; skd and adaswitch differ from it only here (their records and loss
     are switch's), and their engine behaviour is tested on real actors in tests/actors/test_switch_engine.py."""
-    from train.rollout import STUDENT_ONLY_TAU, engine_settings
+    from train.rollout import sample_settings
 
-    switch = load_config("tiny", ["tau0=0.3", "schedule=linear"]).switch
-    got = {mode: engine_settings(switch, mode, seed=7) for mode in ("switch", "skd", "adaswitch", "student", "teacher")}
-    assert all(s.seed == 7 for s in got.values())
-    assert (got["switch"].tau0, got["switch"].schedule, got["switch"].divergence) == (0.3, "linear", switch.divergence)
+    cfg = load_config("tiny", ["tau0=0.3", "schedule=linear", "answer_tokens=9", "teacher_topk=3", "max_new_tokens=50"])
+    got = {mode: sample_settings(cfg, mode, seed=7) for mode in ("switch", "skd", "adaswitch", "student", "teacher")}
+    assert all((s.seed, s.max_new_tokens, s.teacher_topk) == (7, 9, 3) for s in got.values())  # the owners' values
+    assert (got["switch"].tau0, got["switch"].schedule, got["switch"].divergence) == (0.3, "linear", cfg.switch.divergence)
+    assert got["switch"].writer == got["skd"].writer == got["adaswitch"].writer == "both"
     assert got["skd"].divergence == "skd" and got["skd"].tau0 == 0.3
     assert got["adaswitch"].schedule == "adaptive" and got["adaswitch"].one_token_rounds()
-    assert (got["student"].tau0, got["student"].mode, got["student"].schedule) == (STUDENT_ONLY_TAU, "block", "constant")
-    assert (got["teacher"].tau0, got["teacher"].mode, got["teacher"].divergence) == (0.0, "block", "js")
+    assert (got["student"].writer, got["student"].mode, got["student"].divergence) == ("student", "block", "js")
+    assert (got["teacher"].writer, got["teacher"].mode, got["teacher"].divergence) == ("teacher", "block", "js")
     assert not got["student"].one_token_rounds() and not got["teacher"].one_token_rounds()

@@ -34,7 +34,7 @@ def test_every_method_runs_two_steps(method, dolly_file, tmp_path):
 @pytest.mark.timeout(240)
 def test_non_finite_loss_stops_with_a_clear_message(dolly_file, tmp_path, capsys):
     code = main(["distill", "--preset", "tiny", "--out", str(tmp_path), "--no-progress", f"data={dolly_file}", "val_size=2",
-                 "max_new_tokens=8", "method=sft", "steps=4", "checkpoint_every=1", "lr=1e30", "grad_clip=0", "lr_schedule=constant"])
+                 "answer_tokens=8", "method=sft", "steps=4", "checkpoint_every=1", "lr=1e30", "grad_clip=0", "lr_schedule=constant"])
     err = capsys.readouterr().err
     assert code == 1
     assert "loss became" in err and "last good checkpoint" in err

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from studyhall.config import ConfigError, load_config
-from train.distill import reusable_stage, stages, with_answer_budget
+from train.distill import reusable_stage, stages
 
 
 def test_the_warm_stage_trains_the_given_student_and_the_method_the_saved_one(tmp_path):
@@ -24,7 +24,7 @@ def test_a_finished_warm_stage_of_the_same_config_is_reused_and_another_is_not(t
     cfg = load_config("tiny", ["warm_start=sft", "warm_steps=2"])
     warm, _ = stages(cfg, tmp_path)
     (tmp_path / "student").mkdir()
-    config = json.loads(json.dumps(dataclasses.asdict(with_answer_budget(warm)), default=str))
+    config = json.loads(json.dumps(dataclasses.asdict(warm), default=str))
     (tmp_path / "report.json").write_text(json.dumps({"config": config, "method": "sft"}))
     assert reusable_stage(tmp_path, warm) is None  # no saved student yet
     (tmp_path / "student" / "config.json").write_text("{}")

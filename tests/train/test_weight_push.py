@@ -106,7 +106,7 @@ def test_a_packet_that_does_not_fit_writes_nothing(spoil):
 
 @pytest.mark.timeout(240)
 def test_pushed_weights_change_what_the_generation_actor_samples():
-    cfg = load_config("tiny", ["max_new_tokens=12"])
+    cfg = load_config("tiny", ["answer_tokens=12"])
     val = _examples()[:3]
     with _rollout(cfg, [], val) as rollout:
         def texts():
@@ -127,7 +127,7 @@ def test_pushed_weights_change_what_the_generation_actor_samples():
 
 @pytest.mark.timeout(240)
 def test_a_failed_push_leaves_the_generation_actor_as_it_was():
-    cfg = load_config("tiny", ["max_new_tokens=12"])
+    cfg = load_config("tiny", ["answer_tokens=12"])
     with _rollout(cfg, [], _examples()) as rollout:
         good = _state(0.5)
         _push(rollout, good, 1)
@@ -150,7 +150,7 @@ class _Trainer:
 
 @pytest.mark.timeout(240)
 def test_a_student_restarted_between_batches_takes_the_weights_of_a_trainer_that_has_ended():
-    cfg = load_config("tiny", ["max_new_tokens=12"])
+    cfg = load_config("tiny", ["answer_tokens=12"])
     val = _examples()[:3]
     with _rollout(cfg, [], val) as rollout:
         trainer = _Trainer.remote()
@@ -171,7 +171,7 @@ def test_a_student_restarted_between_batches_takes_the_weights_of_a_trainer_that
 
 
 def _greedy_gkd(steps):
-    return load_config("tiny", ["max_new_tokens=12", "sample=false", "method=gkd", "gkd_lambda=1.0", "global_batch=2",
+    return load_config("tiny", ["answer_tokens=12", "sample=false", "method=gkd", "gkd_lambda=1.0", "global_batch=2",
                                 "micro_batch=2", f"steps={steps}", "max_staleness=1"])
 
 
