@@ -14,6 +14,7 @@ import torch
 from transformers import GenerationConfig
 
 from actors import weights
+from actors.in_process import resolve
 from actors.kv_batch import CachedBatch
 from actors.models import load_model, pick_device
 from actors.revival import Restarted
@@ -136,7 +137,7 @@ class LMWorker:
         self.round_start[group] = batch.length.clone()
         if isinstance(draft, list):
             mine = self._logprobs(batch.forward(batch.pending[:, None]))
-            draft = ray.get(draft[0])
+            draft = resolve(draft[0])
             drafted = torch.from_numpy(draft["tokens"]).to(self.device)
         else:
             drafted = torch.from_numpy(draft["tokens"]).to(self.device)

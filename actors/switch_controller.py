@@ -14,10 +14,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-import ray
 import torch
 from ray.exceptions import RayActorError
 
+from actors.in_process import first_ready, resolve
 from actors.revival import Revival
 from studyhall.config import SwitchConfig
 from studyhall.distill_math import ADAPTIVE, adaptive_tau, thresholds
@@ -160,10 +160,10 @@ class SwitchController:
             self._launch(group)
         while any(g.in_flight for g in groups):
             flying = {g.in_flight: g for g in groups if g.in_flight}
-            ready, _ = ray.wait(list(flying), num_returns=1)
-            group = flying[ready[0]]
+            ready = first_ready(list(flying))
+            group = flying[ready]
             try:
-                result = ray.get(ready[0])
+                result = resolve(ready)
             except RayActorError:
                 if self.revival is None:
                     raise

@@ -10,8 +10,8 @@ from actors.models import load_model
 from actors.pair import start_pair, stop_pair
 from cluster.generate import generate
 from studyhall.config import load_config
-from studyhall.engine_settings import engine_settings
 from studyhall.distill_math import divergence_logprobs, js
+from studyhall.engine_settings import engine_settings
 
 pytestmark = pytest.mark.timeout(300)
 
