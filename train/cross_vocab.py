@@ -129,11 +129,12 @@ class CrossPair:
     def text(self, role: str, ids: list[int]) -> str:
         return self.tok[role].decode(ids, skip_special_tokens=True).strip()
 
-    def score(self, records: list[dict], examples: list, settings) -> None:
-        """Add the teacher's scoring of each record's answer text, carried over to its student tokens."""
+    def score(self, records: list, examples: list, settings) -> list[dict]:
+        """The teacher's scoring of each record's answer text, carried over to its student tokens (the
+        fields Record.add_scores takes)."""
         sequences, pairs = [], []
         for r, e in zip(records, examples):
-            teacher_ids, aligned = teacher_reading(self.tok["student"], self.tok["teacher"], r["token_ids"], self.eos["student"],
+            teacher_ids, aligned = teacher_reading(self.tok["student"], self.tok["teacher"], r.token_ids, self.eos["student"],
                                                    self.bridge.teacher_eos)
             pairs.append(aligned)
             sequences.append((prompt_token_ids(self.tok["teacher"], e), teacher_ids))
@@ -142,5 +143,4 @@ class CrossPair:
             ray.get(self.teacher.configure.remote(settings))
             return ray.get(self.teacher.score_sequences.remote(sequences))
 
-        for r, s, p in zip(records, self.revival.call(settings, score), pairs):
-            r.update(carry_over(s, p, len(r["token_ids"]), self.bridge.id_map))
+        return [carry_over(s, p, len(r.token_ids), self.bridge.id_map) for r, s, p in zip(records, self.revival.call(settings, score), pairs)]

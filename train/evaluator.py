@@ -5,6 +5,7 @@ driver (train/distill.py's evaluate) turns the answers into figures. Nothing her
 so none of it is counted in the run's generation figures (train/records.py)."""
 import ray
 
+from studyhall.record import Record
 from train.data import Example
 from train.records import RecordMaker, sample_settings
 
@@ -24,8 +25,8 @@ class Evaluator:
         repeated = [e for e in examples for _ in range(samples)]
         answers = self.records.run_engine("student", repeated, seed, settings)
         by_id = {e.id: (text, self.records.reference_tokens(text)) for e, text in zip(examples, references)}
-        return [{"prompt_id": r["prompt_id"], "prediction": self._text(r), "reference": by_id[r["prompt_id"]][0],
-                 "reference_tokens": by_id[r["prompt_id"]][1], "teacher_logprob": r["teacher_logprob"]} for r in answers]
+        return [{"prompt_id": r.prompt_id, "prediction": self._text(r), "reference": by_id[r.prompt_id][0],
+                 "reference_tokens": by_id[r.prompt_id][1], "teacher_logprob": r.teacher_logprob} for r in answers]
 
     def greedy_answers(self, examples: list[Example], role: str = "student") -> list[dict]:
         """One greedy answer per example from `role` ("student" or "teacher"), as a user's
@@ -35,11 +36,11 @@ class Evaluator:
         references = self.records.reference(examples)
         answers = self.records.run_engine(role, examples, self.cfg.seed, settings)
         return [{"prompt_id": e.id, "prediction": self._text(r), "reference": text,
-                 "reference_tokens": self.records.reference_tokens(text), "teacher_logprob": r["teacher_logprob"]}
+                 "reference_tokens": self.records.reference_tokens(text), "teacher_logprob": r.teacher_logprob}
                 for e, text, r in zip(examples, references, answers)]
 
-    def _text(self, record: dict) -> str:
-        return self.tokenizer.decode(record["token_ids"], skip_special_tokens=True).strip()
+    def _text(self, record: Record) -> str:
+        return self.tokenizer.decode(record.token_ids, skip_special_tokens=True).strip()
 
     def heldout_kl(self, examples: list[Example]) -> list[dict]:
         """Full-vocabulary KL(teacher || student) and top-1 agreement on each example's reference
@@ -54,11 +55,11 @@ class Evaluator:
         references = self.records.data_records(examples, with_teacher=False)
         chunks, size = [[]], 0
         for r in references:
-            if chunks[-1] and size + len(r["token_ids"]) > KL_CHUNK_POSITIONS:
+            if chunks[-1] and size + len(r.token_ids) > KL_CHUNK_POSITIONS:
                 chunks.append([])
                 size = 0
-            chunks[-1].append((r["prompt_token_ids"], r["token_ids"]))
-            size += len(r["token_ids"])
+            chunks[-1].append((r.prompt_token_ids, r.token_ids))
+            size += len(r.token_ids)
         teacher, student = self.records.teacher, self.records.student
 
         def kl_sums():
@@ -77,14 +78,14 @@ class Evaluator:
         return [{"prompt_id": e.id, "reference_tokens": self.records.reference_tokens(text), **s}
                 for e, text, s in zip(examples, texts, sums)]
 
-    def measure_second_pass(self, batch: list[dict]) -> dict:
+    def measure_second_pass(self, batch: list[Record]) -> dict:
         """What reusing generation's teacher log-probs saves: rescore some records with a plain teacher
         pass, time it, and check the recorded log-probs equal the rescored ones."""
-        if not batch or "teacher_logprob" not in batch[0] or self.records.cross:  # across tokenizers every record has its pass
+        if not batch or not batch[0].teacher_logprob or self.records.cross:  # across tokenizers every record has its pass
             return {}
         rescored, seconds = self.records.score_with_teacher(batch)
-        positions = sum(len(r["token_ids"]) for r in batch)
-        diff = max(abs(a - b) for r, s in zip(batch, rescored) for a, b in zip(r["teacher_logprob"], s["teacher_logprob"]))
+        positions = sum(len(r.token_ids) for r in batch)
+        diff = max(abs(a - b) for r, s in zip(batch, rescored) for a, b in zip(r.teacher_logprob, s["teacher_logprob"]))
         per_position = seconds / max(positions, 1)
         return {"second_pass_seconds_per_position": round(per_position, 6),
                 "recorded_vs_rescored_max_abs_diff": round(diff, 5),

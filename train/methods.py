@@ -134,7 +134,7 @@ class DistiLLM(Method):
         super().__init__(cfg, train)
         self.p = cfg.train.distillm_p_init
         self.buffer: deque = deque(maxlen=cfg.train.replay_size)
-        self.replayed: list[dict] = []
+        self.replayed: list = []  # studyhall.record.Record
         self.last_val: float | None = None
         self.raised_at: list[int] = []
 

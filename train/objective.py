@@ -12,6 +12,7 @@ import torch
 
 from studyhall.cross_tokenizer import mapped_hybrid_loss, uld_loss
 from studyhall.distill_math import DISTILL_LOSSES, cross_entropy_loss, gather_buckets, tempered, with_rest_bucket
+from studyhall.record import Record
 from studyhall.unlikelihood import OWN_GREEDY, repeat_marks, unlikelihood_loss
 
 
@@ -47,39 +48,39 @@ class MicroBatch:
         return torch.nn.functional.pad(self.read_positions, (0, 1), value=False)
 
 
-def collate(records: list[dict], pad_id: int, with_teacher: bool, repeat_ngram: int = 4) -> MicroBatch:
+def collate(records: list[Record], pad_id: int, with_teacher: bool, repeat_ngram: int = 4) -> MicroBatch:
     """Records of source OWN_GREEDY become unlikelihood rows: no distillation loss, their repeated
     token n-grams (n = repeat_ngram) marked in `repeats`. Every other record is a distillation row,
     over the answer positions its `aligned` marks where it has them (a cross-tokenizer record)."""
-    width = max(len(r["prompt_token_ids"]) + len(r["token_ids"]) for r in records)
+    width = max(r.length for r in records)
     b = len(records)
     ids = torch.full((b, width), pad_id, dtype=torch.long)
     attention = torch.zeros(b, width, dtype=torch.long)
     loss_mask = torch.zeros(b, width - 1, dtype=torch.bool)
-    own = [r.get("source") == OWN_GREEDY for r in records]
-    k = next((len(r["teacher_topk_ids"][0]) for r, o in zip(records, own) if not o), 0) if with_teacher else 0
+    own = [r.source == OWN_GREEDY for r in records]
+    k = next((len(r.teacher_topk_ids[0]) for r, o in zip(records, own) if not o), 0) if with_teacher else 0
     t_ids = torch.zeros(b, width - 1, k, dtype=torch.long) if with_teacher else None
     t_logp = torch.zeros(b, width - 1, k) if with_teacher else None
     repeats = torch.zeros(b, width - 1, dtype=torch.bool) if any(own) else None
     for row, (r, is_own) in enumerate(zip(records, own)):
-        p, n = len(r["prompt_token_ids"]), len(r["token_ids"])
-        ids[row, :p + n] = torch.tensor(r["prompt_token_ids"] + r["token_ids"])
+        p, n = len(r.prompt_token_ids), len(r.token_ids)
+        ids[row, :p + n] = torch.tensor(r.prompt_token_ids + r.token_ids)
         attention[row, :p + n] = 1
         answer = slice(p - 1, p + n - 1)  # position i predicts token i + 1
         if is_own:
-            repeats[row, answer] = torch.tensor(repeat_marks(r["token_ids"], r.get("from_teacher"), repeat_ngram), dtype=torch.bool)
+            repeats[row, answer] = torch.tensor(repeat_marks(r.token_ids, r.from_teacher or None, repeat_ngram), dtype=torch.bool)
             continue
-        loss_mask[row, answer] = torch.tensor(r["aligned"], dtype=torch.bool) if "aligned" in r else True
+        loss_mask[row, answer] = torch.tensor(r.aligned, dtype=torch.bool) if r.aligned is not None else True
         if with_teacher:
-            t_ids[row, answer] = torch.tensor(r["teacher_topk_ids"], dtype=torch.long)
-            t_logp[row, answer] = torch.tensor(r["teacher_topk_logprobs"], dtype=torch.float32)
+            t_ids[row, answer] = torch.tensor(r.teacher_topk_ids, dtype=torch.long)
+            t_logp[row, answer] = torch.tensor(r.teacher_topk_logprobs, dtype=torch.float32)
     return MicroBatch(ids, attention, ids[:, 1:], loss_mask, t_ids, t_logp, repeats)
 
 
-def with_own_greedy(parts: list[list[dict]], records: list[dict]) -> list[list[dict]]:
+def with_own_greedy(parts: list[list[Record]], records: list[Record]) -> list[list[Record]]:
     """Each micro-batch of distillation records, joined by an equal share of the OWN_GREEDY records:
     the micro-batch count, and so DeepSpeed's gradient accumulation, stays the method's."""
-    own = [r for r in records if r.get("source") == OWN_GREEDY]
+    own = [r for r in records if r.source == OWN_GREEDY]
     return [part + own[i::len(parts)] for i, part in enumerate(parts)]
 
 
@@ -129,9 +130,9 @@ def _distillation(logits, batch, loss, beta, alpha, temperature, cross=None):
     return DISTILL_LOSSES[loss](student, teacher, ones, options)
 
 
-def micro_batches(records: list[dict], size: int, by_length: bool = False) -> list[list[dict]]:
+def micro_batches(records: list[Record], size: int, by_length: bool = False) -> list[list[Record]]:
     """Chunks of `size` records; by_length: taken in order of length (prompt + answer), so each chunk
     pads its rows to a length close to their own. Every record is in exactly one chunk either way."""
     if by_length:
-        records = sorted(records, key=lambda r: len(r["prompt_token_ids"]) + len(r["token_ids"]))
+        records = sorted(records, key=lambda r: r.length)
     return [records[i:i + size] for i in range(0, len(records), size)]

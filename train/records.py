@@ -15,6 +15,7 @@ from actors.switch_controller import SwitchController
 from studyhall.config import Config, SwitchConfig
 from studyhall.engine_settings import engine_settings
 from studyhall.prompts import PromptItem
+from studyhall.record import Record
 from studyhall.unlikelihood import OWN_GREEDY
 from train.cross_vocab import CrossPair
 from train.data import Example, load_references, prompt_token_ids, render_prompt, save_references
@@ -60,7 +61,7 @@ class RecordMaker:
         self.position_tokens: dict[str, int] = {}
         self.position_teacher: dict[str, int] = {}
 
-    def records_for(self, need: Need, seed: int) -> list[dict]:
+    def records_for(self, need: Need, seed: int) -> list[Record]:
         """A training batch's records for one Need, in its order, from its source (train.methods.SOURCES)."""
         if need.source in ("data", "scored_data"):
             return self.data_records(need.examples, with_teacher=need.source == "scored_data")
@@ -70,7 +71,7 @@ class RecordMaker:
         return [PromptItem(i, e.id, render_prompt(self.tokenizer, e), prompt_token_ids(self.tokenizer, e))
                 for i, e in enumerate(examples)]
 
-    def run_engine(self, kind: str, examples: list[Example], seed: int, settings: SwitchConfig | None = None) -> list[dict]:
+    def run_engine(self, kind: str, examples: list[Example], seed: int, settings: SwitchConfig | None = None) -> list[Record]:
         """One answer per example with the SWITCH engine for `kind`; records in input order. Without
         `settings` this is a training batch: counted, at the batch pipeline groups."""
         training_batch = settings is None
@@ -79,29 +80,27 @@ class RecordMaker:
             return self.cross_records(kind, examples, settings, training_batch)
         self.revival.call(settings, lambda: ray.get([a.configure.remote(settings) for a in (self.teacher, self.student)]))
         controller = SwitchController(self.teacher, self.student, settings, self.eos, self.revival)
-        done: dict[int, dict] = {}
-        stats = controller.run(self.items(examples), on_finish=lambda seq: done.__setitem__(seq.index, seq.to_record("")))
+        done: dict[int, Record] = {}
+        stats = controller.run(self.items(examples), on_finish=lambda seq: done.__setitem__(seq.index, Record.of(seq.__dict__, kind)))
         records = [done[i] for i in range(len(examples))]
-        for r in records:
-            r["source"] = kind
         if training_batch:
             self._count_batch(kind, records, stats)
         return records
 
-    def _count_batch(self, kind: str, records: list[dict], stats) -> None:
+    def _count_batch(self, kind: str, records: list[Record], stats) -> None:
         self.counts["generation_seconds"] += stats.seconds
         self.counts["generated_tokens"] += stats.tokens
         for group, rows in stats.rows_by_group.items():
             self.batch_rows_by_group[group] = self.batch_rows_by_group.get(group, 0) + rows
         if kind == OWN_GREEDY:
             return  # the unlikelihood reads no teacher log-probs
-        self.counts["reused_positions"] += sum(len(r["token_ids"]) for r in records)
+        self.counts["reused_positions"] += sum(len(r.token_ids) for r in records)
         if kind in GATED_KINDS:  # the controller counted the teacher's share by answer position
             for bucket, n in stats.position_tokens.items():
                 self.position_tokens[bucket] = self.position_tokens.get(bucket, 0) + n
                 self.position_teacher[bucket] = self.position_teacher.get(bucket, 0) + stats.position_teacher.get(bucket, 0)
 
-    def cross_records(self, kind: str, examples: list[Example], settings: SwitchConfig, training_batch: bool) -> list[dict]:
+    def cross_records(self, kind: str, examples: list[Example], settings: SwitchConfig, training_batch: bool) -> list[Record]:
         """run_engine's records for a pair whose tokenizers differ: one model writes alone, then the
         teacher scores the text (train/cross_vocab.py). The teacher's answers become student tokens."""
         started = time.perf_counter()
@@ -112,8 +111,7 @@ class RecordMaker:
             self.counts["generated_tokens"] += sum(map(len, answers))
         if writer == "teacher":
             answers = [self.response_ids(self.cross.text("teacher", a)) for a in answers]
-        records = [{"prompt_id": e.id, "prompt_token_ids": prompt_token_ids(self.tokenizer, e), "token_ids": ids, "source": kind}
-                   for e, ids in zip(examples, answers)]
+        records = [Record(e.id, prompt_token_ids(self.tokenizer, e), ids, kind) for e, ids in zip(examples, answers)]
         if kind != OWN_GREEDY:  # the unlikelihood reads no teacher log-probs; across tokenizers every other record has a pass
             self.teacher_pass(records, count=training_batch, settings=settings)
         return records
@@ -131,7 +129,7 @@ class RecordMaker:
             if self.cross:  # the teacher's whole answer, not its cut to the student's answer budget
                 texts = [self.cross.text("teacher", a) for a in self.cross.write("teacher", missing, settings)]
             else:
-                texts = [self.tokenizer.decode(r["token_ids"], skip_special_tokens=True).strip()
+                texts = [self.tokenizer.decode(r.token_ids, skip_special_tokens=True).strip()
                          for r in self.run_engine("teacher", missing, 0, settings)]
             self.references.update({e.id: text for e, text in zip(missing, texts)})
             if self.references_path:
@@ -142,25 +140,23 @@ class RecordMaker:
         """A reference's length in the student's tokens, uncut: what the length buckets go by."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def data_records(self, examples: list[Example], with_teacher: bool, count: bool = True) -> list[dict]:
+    def data_records(self, examples: list[Example], with_teacher: bool, count: bool = True) -> list[Record]:
         records = []
         for e, text in zip(examples, self.reference(examples)):
-            records.append({"prompt_id": e.id, "prompt_token_ids": prompt_token_ids(self.tokenizer, e),
-                            "token_ids": self.response_ids(text), "source": "data"})
+            records.append(Record(e.id, prompt_token_ids(self.tokenizer, e), self.response_ids(text), "data"))
         if with_teacher:
             self.teacher_pass(records, count)
         return records
 
-    def score_with_teacher(self, records: list[dict], settings: SwitchConfig | None = None) -> tuple[list[dict], float]:
+    def score_with_teacher(self, records: list[Record], settings: SwitchConfig | None = None) -> tuple[list[dict], float]:
         """A plain teacher forward over the records' responses (at the training temperature, or that of
-        `settings`), and its seconds."""
+        `settings`): per record, its teacher fields (Record.add_scores), and the seconds it took."""
         settings = settings or sample_settings(self.cfg, "switch", self.cfg.seed)
         if self.cross:  # the teacher reads the text in its own tokens
             started = time.perf_counter()
-            scored = [dict(r) for r in records]
-            self.cross.score(scored, [self.examples_by_id[r["prompt_id"]] for r in records], settings)
+            scored = self.cross.score(records, [self.examples_by_id[r.prompt_id] for r in records], settings)
             return scored, time.perf_counter() - started
-        sequences = [(r["prompt_token_ids"], r["token_ids"]) for r in records]
+        sequences = [(r.prompt_token_ids, r.token_ids) for r in records]
 
         def score():
             ray.get(self.teacher.configure.remote(settings))
@@ -170,14 +166,14 @@ class RecordMaker:
         scored = self.revival.call(settings, score)
         return scored, time.perf_counter() - started
 
-    def teacher_pass(self, records: list[dict], count: bool = True, settings: SwitchConfig | None = None) -> None:
+    def teacher_pass(self, records: list[Record], count: bool = True, settings: SwitchConfig | None = None) -> None:
         """The one extra teacher forward, for responses the teacher did not score while generating."""
         scored, seconds = self.score_with_teacher(records, settings)
         if count:
             self.counts["extra_pass_seconds"] += seconds
-            self.counts["extra_pass_positions"] += sum(len(r["token_ids"]) for r in records)
+            self.counts["extra_pass_positions"] += sum(len(r.token_ids) for r in records)
         for r, s in zip(records, scored):
-            r.update(s)
+            r.add_scores(s)
 
     def summary(self) -> dict:
         by_position = {b: round(self.position_teacher[b] / n, 4) for b, n in

@@ -87,8 +87,8 @@ class Rollout:
             self.batch_cache = (step, self.ahead.get(step))
         self.last_step = max(self.last_step, step)
         records = self.batch_cache[1]
-        distill = [r for r in records if r.get("source") != OWN_GREEDY]
-        own = [r for r in records if r.get("source") == OWN_GREEDY]
+        distill = [r for r in records if r.source != OWN_GREEDY]
+        own = [r for r in records if r.source == OWN_GREEDY]
         return distill[rank::world] + own[rank::world]
 
     @with_models

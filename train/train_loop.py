@@ -197,7 +197,7 @@ def _train(args: WorkerArgs) -> None:
         with timer("waiting"):
             records = _from_rollout(rollout.batch.remote(step, rank, world))
         step_loss, step_tokens, step_repeats = 0.0, 0, 0
-        distill_records = [r for r in records if r.get("source") != OWN_GREEDY]
+        distill_records = [r for r in records if r.source != OWN_GREEDY]
         for part in with_own_greedy(micro_batches(distill_records, t.micro_batch, t.group_by_length), records):
             with timer("forward_backward"):
                 batch = _to(collate(part, pad_id, with_teacher, t.unlikelihood_ngram), engine.device)

@@ -19,6 +19,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from actors.models import load_model, model_config
 from studyhall.config import Config, load_config
+from studyhall.record import Record
 from studyhall.threads import trainer_threads
 from train.answer_logits import AnswerLogitsLM
 from train.methods import loss_for
@@ -29,17 +30,15 @@ from train.train_loop import deepspeed_config, skip_shm_build
 WARMUP_STEPS = 2
 
 
-def synthetic_records(vocab: int, n: int, prompt_len: int, response_len: int, topk: int, seed: int) -> list[dict]:
+def synthetic_records(vocab: int, n: int, prompt_len: int, response_len: int, topk: int, seed: int) -> list[Record]:
     """Fixed random sequences with random teacher top-k: what the loss sees, without generation."""
     g = torch.Generator().manual_seed(seed)
     records = []
     for _ in range(n):
         logp = torch.log_softmax(torch.randn(response_len, vocab, generator=g), -1).topk(topk, -1)
-        records.append({
-            "prompt_token_ids": torch.randint(0, vocab, (prompt_len,), generator=g).tolist(),
-            "token_ids": torch.randint(0, vocab, (response_len,), generator=g).tolist(),
-            "teacher_topk_ids": logp.indices.tolist(), "teacher_topk_logprobs": logp.values.tolist(),
-        })
+        records.append(Record(f"synthetic{len(records)}", torch.randint(0, vocab, (prompt_len,), generator=g).tolist(),
+                              torch.randint(0, vocab, (response_len,), generator=g).tolist(),
+                              teacher_topk_ids=logp.indices.tolist(), teacher_topk_logprobs=logp.values.tolist()))
     return records
 
 

@@ -5,6 +5,7 @@ import torch
 
 from actors.models import load_model
 from studyhall.config import ModelConfig
+from studyhall.record import Record
 from train.answer_logits import AnswerLogitsLM, head_matches_forward
 from train.objective import answer_loss, collate, distill_loss, micro_batches
 from train.precision import choose, cpu_flags
@@ -14,14 +15,14 @@ LOSS_TOL = dict(rel=1e-5, abs=1e-6)
 GRAD_TOL = dict(rtol=1e-4, atol=1e-6)
 
 
-def _records(vocab: int, seed: int = 0, k: int = 5) -> list[dict]:
+def _records(vocab: int, seed: int = 0, k: int = 5) -> list[Record]:
     g = torch.Generator().manual_seed(seed)
     records = []
     for prompt_len, answer_len in ((7, 5), (3, 9), (11, 2)):  # unequal, so rows are padded differently
         logp = torch.log_softmax(torch.randn(answer_len, vocab, generator=g), -1).topk(k, -1)
-        records.append({"prompt_token_ids": torch.randint(1, vocab, (prompt_len,), generator=g).tolist(),
-                        "token_ids": torch.randint(1, vocab, (answer_len,), generator=g).tolist(),
-                        "teacher_topk_ids": logp.indices.tolist(), "teacher_topk_logprobs": logp.values.tolist()})
+        records.append(Record("p", torch.randint(1, vocab, (prompt_len,), generator=g).tolist(),
+                              torch.randint(1, vocab, (answer_len,), generator=g).tolist(),
+                              teacher_topk_ids=logp.indices.tolist(), teacher_topk_logprobs=logp.values.tolist()))
     return records
 
 

@@ -7,6 +7,7 @@ from other_tokenizer import build_other_student
 from actors.models import load_tokenizer
 from cluster.cli import main
 from studyhall.cross_tokenizer import NO_TEXT, token_strings
+from studyhall.record import Record
 from train.cross_vocab import answer_spans, bridge, carry_over, teacher_reading
 from train.objective import Cross, MicroBatch, answer_loss, collate
 
@@ -86,8 +87,8 @@ def _records(seed, vocab=50, k=5, n=6):
     records = []
     for row in range(2):
         logp = torch.log_softmax(torch.randn(n, vocab, generator=g) * 2, -1).topk(k, -1)
-        records.append({"prompt_token_ids": [1, 2, 3 + row], "token_ids": torch.randint(0, vocab, (n,), generator=g).tolist(),
-                        "teacher_topk_ids": logp.indices.tolist(), "teacher_topk_logprobs": logp.values.tolist()})
+        records.append(Record("p", [1, 2, 3 + row], torch.randint(0, vocab, (n,), generator=g).tolist(),
+                              teacher_topk_ids=logp.indices.tolist(), teacher_topk_logprobs=logp.values.tolist()))
     return records
 
 
@@ -104,10 +105,10 @@ def test_the_cross_loss_with_one_vocabulary_is_the_plain_loss_exactly(loss, temp
 
 def test_only_aligned_positions_carry_the_loss_and_unmatched_entries_add_uld():
     records = _records(seed=5)
-    records[0]["aligned"] = [True, False, True, False, False, True]
-    records[1]["aligned"] = [False] * 6
+    records[0].aligned = [True, False, True, False, False, True]
+    records[1].aligned = [False] * 6
     batch = collate(records, pad_id=0, with_teacher=True)
-    assert int(batch.loss_mask.sum()) == 3 and batch.loss_mask[0, 2:8].tolist() == records[0]["aligned"]
+    assert int(batch.loss_mask.sum()) == 3 and batch.loss_mask[0, 2:8].tolist() == records[0].aligned
     unmatched = MicroBatch(batch.input_ids, batch.attention_mask, batch.targets, batch.loss_mask,
                            batch.teacher_ids.masked_fill(batch.teacher_ids % 3 == 0, -1), batch.teacher_logp)
     logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(6), requires_grad=True)
@@ -157,7 +158,7 @@ def test_the_trainer_reads_ulds_loss_at_aligned_positions_when_asked():
     from studyhall.distill_math import with_rest_bucket
 
     records = _records(seed=9)
-    records[0]["aligned"] = [True, False, True, True, False, True]
+    records[0].aligned = [True, False, True, True, False, True]
     batch = collate(records, pad_id=0, with_teacher=True)
     logits = torch.randn(int(batch.loss_mask.sum()), 50, generator=torch.Generator().manual_seed(10), requires_grad=True)
     got = answer_loss(logits, batch, "fkl", 0.5, 0.1, 1.0, cross=Cross(torch.zeros(50, dtype=torch.bool), 0.5, kind="uld"))

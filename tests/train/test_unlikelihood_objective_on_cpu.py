@@ -4,6 +4,7 @@ keep exactly the loss they had; the micro-batch count stays the method's."""
 import pytest
 import torch
 
+from studyhall.record import Record
 from studyhall.unlikelihood import OWN_GREEDY, unlikelihood_loss
 from train.objective import answer_loss, collate, distill_loss, micro_batches, with_own_greedy
 
@@ -11,9 +12,8 @@ from train.objective import answer_loss, collate, distill_loss, micro_batches, w
 def _record(tokens, source="switch", prompt=(5, 6, 7)):
     g = torch.Generator().manual_seed(len(tokens) * 31 + len(prompt))
     logp = torch.log_softmax(torch.randn(len(tokens), 9, generator=g), -1).topk(3, -1)
-    return {"prompt_token_ids": list(prompt), "token_ids": list(tokens), "source": source,
-            "from_teacher": [source == "teacher"] * len(tokens),
-            "teacher_topk_ids": logp.indices.tolist(), "teacher_topk_logprobs": logp.values.tolist()}
+    return Record("p", list(prompt), list(tokens), source, from_teacher=[source == "teacher"] * len(tokens),
+                  teacher_topk_ids=logp.indices.tolist(), teacher_topk_logprobs=logp.values.tolist())
 
 
 def test_own_greedy_rows_are_marked_and_outside_the_distillation_loss():
@@ -50,6 +50,6 @@ def test_own_greedy_records_spread_over_the_methods_micro_batches():
     own = [_record([i + 1], source=OWN_GREEDY) for i in range(8)]
     parts = with_own_greedy(micro_batches(method, 4), method + own)
     assert len(parts) == 2
-    assert [sum(r["source"] == OWN_GREEDY for r in p) for p in parts] == [4, 4]
+    assert [sum(r.source == OWN_GREEDY for r in p) for p in parts] == [4, 4]
     assert sorted(id(r) for p in parts for r in p) == sorted(id(r) for r in method + own)
     assert with_own_greedy(micro_batches(method, 4), method) == micro_batches(method, 4)

@@ -185,7 +185,7 @@ def test_a_push_during_a_batch_made_ahead_waits_for_the_next_batch():
             if pushed:
                 _push(rollout, _state(0.5), 1)  # arrives while step 2's batch is being made
             batches += [ray.get(rollout.batch.remote(s, 0, 1)) for s in (2, 3)]
-            runs[pushed] = ([[r["token_ids"] for r in b] for b in batches], ray.get(rollout.summary.remote())["staleness_steps"])
+            runs[pushed] = ([[r.token_ids for r in b] for b in batches], ray.get(rollout.summary.remote())["staleness_steps"])
     (plain, plain_stale), (pushed, pushed_stale) = runs[False], runs[True]
     assert pushed[:2] == plain[:2]  # steps 1 and 2: made with the first weights throughout
     assert pushed[2] != plain[2]  # step 3: made with the pushed ones
