@@ -1,6 +1,6 @@
 """`studyhall generate`: SWITCH sequences for a prompt file, written as JSONL while they finish.
 
-Also a `ray job submit` entrypoint: python -m cluster.generate --preset tiny --out out.jsonl
+As a `ray job submit` entrypoint: python -m cluster generate --preset tiny --out out.jsonl
 """
 import json
 import sys
@@ -73,8 +73,3 @@ def format_summary(summary: dict) -> str:
         lines.append(f"actor restarts survived: {summary['restarts']}, {summary['restart_seconds']} s spent coming back")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    from cluster.cli import main  # run as a job entrypoint: the CLI parses the arguments
-
-    sys.exit(main(["generate", *sys.argv[1:]]))

@@ -1,11 +1,10 @@
 """`studyhall prune`: a shallower student from any decoder LLM whose layers are a list (Minitron's first step).
 
-`python -m cluster.prune ...` is the same, for `ray job submit`. The pruned student starts far below
+`python -m cluster prune ...` is the same, for `ray job submit`. The pruned student starts far below
 its source model; distillation (`studyhall distill student.path=OUT`) is what heals it.
 Writes OUT: the HF folder (model, tokenizer, generation config), prune.json and prune.png.
 """
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -16,7 +15,6 @@ from matplotlib.patches import Patch
 from actors.calibration import ANSWER_TOKENS, batches, greedy_answers, with_reference
 from actors.models import load_model, load_tokenizer, pick_device
 from actors.pruning import METHODS, angular_start, choose_layers, decoder_layers, prune_to, score_layers
-from cluster.cli import main
 from studyhall.config import ConfigError, ModelConfig
 from train.data import load_examples
 
@@ -94,7 +92,3 @@ def plot_scores(record: dict, scores, path: Path) -> None:
         axes[1].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-
-
-if __name__ == "__main__":
-    sys.exit(main(["prune", *sys.argv[1:]]))

@@ -109,11 +109,11 @@ def test_generate_job_round_trip_on_a_local_head(tmp_path):
     try:
         head.wait_ready()
         # The two bad jobs run beside the good one; each must stop at its first check, with one line.
-        submit(head, "bad_resources", "python", "-m", "cluster.generate", "--preset", "tiny", "--limit", "2",
+        submit(head, "bad_resources", "python", "-m", "cluster", "generate", "--preset", "tiny", "--limit", "2",
                "--out", str(tmp_path / "never.jsonl"), "teacher.num_gpus=1", wait=False)
-        submit(head, "bad_file", "python", "-m", "cluster.generate", "--preset", "tiny",
+        submit(head, "bad_file", "python", "-m", "cluster", "generate", "--preset", "tiny",
                "--prompts", "prompts/not_in_working_dir.jsonl", "--out", str(tmp_path / "never2.jsonl"), wait=False)
-        good = submit(head, "good", "python", "-m", "cluster.generate", "--preset", "tiny", "--limit", "4", "--out", str(out),
+        good = submit(head, "good", "python", "-m", "cluster", "generate", "--preset", "tiny", "--limit", "4", "--out", str(out),
                       "max_new_tokens=8", "batch_size=4")
         assert status(head, "good") == "SUCCEEDED", good.stdout[-3000:] + good.stderr[-3000:]
 
