@@ -111,7 +111,9 @@ class RecordMaker:
             self.counts["generated_tokens"] += sum(map(len, answers))
         if writer == "teacher":
             answers = [self.response_ids(self.cross.text("teacher", a)) for a in answers]
-        records = [Record(e.id, prompt_token_ids(self.tokenizer, e), ids, kind) for e, ids in zip(examples, answers)]
+        # one model wrote every token: the unlikelihood term reads who (studyhall/unlikelihood.repeat_marks)
+        records = [Record(e.id, prompt_token_ids(self.tokenizer, e), ids, kind, from_teacher=[writer == "teacher"] * len(ids))
+                   for e, ids in zip(examples, answers)]
         if kind != OWN_GREEDY:  # the unlikelihood reads no teacher log-probs; across tokenizers every other record has a pass
             self.teacher_pass(records, count=training_batch, settings=settings)
         return records

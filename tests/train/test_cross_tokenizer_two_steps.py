@@ -20,16 +20,19 @@ def other_student(tmp_path_factory):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("method,cross_loss", [("kd", "hybrid"), ("gkd", "hybrid"), ("kd", "uld")])
-def test_two_steps_across_tokenizers(method, cross_loss, dolly_file, other_student, tmp_path):
+@pytest.mark.parametrize("method,cross_loss,unlikelihood", [("kd", "hybrid", 0), ("gkd", "hybrid", 1), ("kd", "uld", 0)])
+def test_two_steps_across_tokenizers(method, cross_loss, unlikelihood, dolly_file, other_student, tmp_path):
     folder, student_tok = other_student
     cfg = _cfg(dolly_file, f"method={method}", "steps=2", "checkpoint_every=2", "gkd_lambda=0.5", "lr=2e-4", f"student.path={folder}",
-               f"cross_loss={cross_loss}")
+               f"cross_loss={cross_loss}", f"unlikelihood={unlikelihood}")
     run_distill(cfg, str(tmp_path), progress=False)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["tokenizers"]["shared"] is False and saved["tokenizers"]["student_vocab"] == len(student_tok)
     assert 0 < saved["tokenizers"]["teacher_tokens_with_a_student_twin"] < len(student_tok)
     assert all(p["loss"] == p["loss"] and p["loss"] > 0 for p in saved["loss_curve"]) and len(saved["loss_curve"]) == 2
+    # The student's own greedy answers, written alone in its tokens, have their loops marked (the untrained
+    # student loops), and only where the term is on.
+    assert (sum(p["repeats"] for p in saved["loss_curve"]) > 0) == bool(unlikelihood)
     # The cross-tokenizer loss on the held-out answers falls, and stands in for the KL, which is not defined here.
     held_out = saved["val_kl_to_teacher"]
     assert held_out["title"] == "Held-out cross-tokenizer loss" and held_out["end"]["kl"] < held_out["start"]["kl"]
