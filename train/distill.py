@@ -153,7 +153,7 @@ def stages(cfg: Config, warm_dir: Path) -> tuple[Config, Config]:
 
 
 # The SWITCH gate's settings: only the engine methods' records depend on them (evaluation fixes its own).
-GATE_KEYS = ("divergence", "schedule", "tau0", "lam", "skd_top_k", "adaptive_k", "adaptive_window")
+GATE_KEYS = ("writer", "divergence", "schedule", "tau0", "lam", "skd_top_k", "adaptive_k", "adaptive_window")
 GATED_METHODS = ("switch", "skd", "adaswitch")
 
 

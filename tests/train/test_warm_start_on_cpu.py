@@ -33,6 +33,7 @@ def test_a_finished_warm_stage_of_the_same_config_is_reused_and_another_is_not(t
     assert reusable_stage(tmp_path, other) is None
     # the method's SWITCH gate does not change an sft stage; the evaluation's seed does
     assert reusable_stage(tmp_path, stages(load_config("tiny", ["warm_start=sft", "warm_steps=2", "tau0=0.1"]), tmp_path)[0])
+    assert reusable_stage(tmp_path, stages(load_config("tiny", ["warm_start=sft", "warm_steps=2", "writer=teacher"]), tmp_path)[0])
     assert reusable_stage(tmp_path, stages(load_config("tiny", ["warm_start=sft", "warm_steps=2", "seed=5"]), tmp_path)[0]) is None
     (tmp_path / "report.json").write_text("{not json")
     assert reusable_stage(tmp_path, warm) is None
