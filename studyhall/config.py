@@ -48,7 +48,7 @@ class SwitchConfig:
     adaptive_k: float = 2.0  # schedule=adaptive: the switch comes where the divergence exceeds this many times its moving average
     adaptive_window: int = 8  # schedule=adaptive: positions in that moving average
     # block | per_token (the reference: gamma = 1, student drafts) | auto: per_token for a lone pipeline group
-    # of writer=both, whose one-token rounds run both models at once (actors/switch_controller.py), else block
+    # of writer=both, whose one-token rounds run both models at once (actors/switch_round.py), else block
     mode: str = "auto"
     gamma: int = 4  # first block length
     gamma_max: int = 12  # the longest block gamma may grow to
