@@ -73,7 +73,7 @@ class Evaluator:
                 sums += ray.get(ref)
             return sums
 
-        sums = self.records.revival.call(sample_settings(self.cfg, "switch", self.cfg.seed), kl_sums)
+        sums = self.records.revival.call(self.records.settings, kl_sums)
         texts = self.records.reference(examples)
         return [{"prompt_id": e.id, "reference_tokens": self.records.reference_tokens(text), **s}
                 for e, text, s in zip(examples, texts, sums)]

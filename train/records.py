@@ -52,6 +52,8 @@ class RecordMaker:
         self.references_path = references_path
         self.references = dict(load_references(references_path) or {}) if references_path else {}
         self.references.update({e.id: e.response for e in examples if e.response is not None})
+        # the run's settings outside training batches: rescoring, and what a restarted actor is configured with
+        self.settings = sample_settings(cfg, "switch", cfg.seed)
         # the autos as resolved for training batches: one pipeline group where the trainer shares the cores
         batch_engine = sample_settings(cfg, "switch", cfg.seed, beside_trainer=True)
         self.batch_groups, self.batch_mode = batch_engine.pipeline_groups, batch_engine.mode
@@ -153,7 +155,7 @@ class RecordMaker:
     def score_with_teacher(self, records: list[Record], settings: SwitchConfig | None = None) -> tuple[list[dict], float]:
         """A plain teacher forward over the records' responses (at the training temperature, or that of
         `settings`): per record, its teacher fields (Record.add_scores), and the seconds it took."""
-        settings = settings or sample_settings(self.cfg, "switch", self.cfg.seed)
+        settings = settings or self.settings
         if self.cross:  # the teacher reads the text in its own tokens
             started = time.perf_counter()
             scored = self.cross.score(records, [self.examples_by_id[r.prompt_id] for r in records], settings)

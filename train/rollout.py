@@ -26,7 +26,7 @@ from train.data import Example
 from train.evaluator import Evaluator
 from train.methods import Need, make_method
 from train.phases import split_wait
-from train.records import RecordMaker, sample_settings
+from train.records import RecordMaker
 from train.weights_inbox import WeightsInbox
 
 
@@ -55,7 +55,6 @@ class Rollout:
         # it is back, the student with the last weights the trainer pushed.
         self.revival = Revival.for_pair(self.teacher, self.student, cfg)
         self.models = threading.RLock()
-        self.inbox = WeightsInbox(self.student, self.revival, sample_settings(cfg, "switch", cfg.seed))
         # asked once, right after start_pair loaded it: a restarted actor has the same spec, so dtype
         self.dtypes = {role: ray.get(actor.info.remote())["dtype"].removeprefix("torch.")
                        for role, actor in (("teacher", self.teacher), ("student", self.student))}
@@ -66,6 +65,7 @@ class Rollout:
                               eos_ids(teacher_tok, cfg.teacher.path), eos_ids(tokenizer, cfg.student.path))
         eos = eos_ids(tokenizer, cfg.teacher.path) | eos_ids(tokenizer, cfg.student.path)
         self.records = RecordMaker(cfg, tokenizer, self.teacher, self.student, self.revival, eos, train + val, references_path, cross)
+        self.inbox = WeightsInbox(self.student, self.revival, self.records.settings)
         self.evaluator = Evaluator(self.records)
         self.method = make_method(cfg, train)
         self.val = val

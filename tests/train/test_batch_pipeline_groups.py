@@ -8,7 +8,7 @@ import pytest
 from studyhall.config import load_config
 from studyhall.engine_settings import engine_settings, pipeline_groups
 from studyhall.threads import pair_contends_with_trainer
-from train.rollout import sample_settings
+from train.records import sample_settings
 
 
 def test_training_batches_run_one_pipeline_group_where_a_second_would_take_the_trainers_cores():

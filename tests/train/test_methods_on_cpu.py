@@ -113,7 +113,7 @@ def test_each_engine_source_runs_the_engine_in_its_own_mode():
     """What the rollout asks the SWITCH engine for, per source: the per-method two-step runs exercise
     the switch source end to end; skd and adaswitch differ from it only here (their records and loss
     are switch's), and their engine behaviour is tested on real actors in tests/actors/test_switch_engine.py."""
-    from train.rollout import sample_settings
+    from train.records import sample_settings
 
     cfg = load_config("tiny", ["tau0=0.3", "schedule=linear", "answer_tokens=9", "teacher_topk=3", "max_new_tokens=50"])
     got = {mode: sample_settings(cfg, mode, seed=7) for mode in ("switch", "skd", "adaswitch", "student", "teacher")}
