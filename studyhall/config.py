@@ -68,20 +68,23 @@ class SwitchConfig:
     def groups(self) -> int:
         """The pipeline groups to run; auto (0) is resolved once per run by engine_settings."""
         if not self.pipeline_groups:
-            raise ValueError("switch.pipeline_groups=0 (auto) reached the engine unresolved: build its settings with "
-                             "studyhall.engine_settings.engine_settings")
+            raise _unresolved("switch.pipeline_groups=0 (auto)")
         return self.pipeline_groups
 
     def one_token_rounds(self) -> bool:
         """Every round drafts one token (the student's), scored by the teacher. AdaSwitch's threshold
         depends on the divergences just before each position, so it runs one token at a time."""
         if self.mode == "auto":
-            raise ValueError("switch.mode=auto reached the engine unresolved: build its settings with "
-                             "studyhall.engine_settings.engine_settings")
+            raise _unresolved("switch.mode=auto")
         return self.mode == "per_token" or self.schedule == ADAPTIVE
 
     def tau_for_skd(self) -> float:
         return self.skd_top_k - 0.5
+
+
+def _unresolved(setting: str) -> ValueError:
+    """A programming error, not a user's: engine settings built without engine_settings, which resolves every auto."""
+    return ValueError(f"{setting} reached the engine unresolved: build its settings with studyhall.engine_settings.engine_settings")
 
 
 @dataclass

@@ -7,7 +7,7 @@ live where they belong. Every `auto` of the engine is resolved here and nowhere 
   stepping beside them would compete for the cores (studyhall/threads.py; on 2 cores, smol switch at
   max_staleness=1 ran 9.205 s/step with one group, 9.877 with two: docs/benchmarks.md);
 - `mode=auto`: one-token rounds for a lone group of writer=both, whose scorer then runs beside the
-  drafter (actors/switch_controller.py); blocks otherwise, and always when one model writes alone
+  drafter (actors/switch_round.py); blocks otherwise, and always when one model writes alone
   (every drafted token stands, so blocks grow to gamma_max).
 """
 import dataclasses

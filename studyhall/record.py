@@ -25,8 +25,7 @@ class Record:
 
     @classmethod
     def of(cls, fields_by_name: dict, source: str) -> "Record":
-        """A record from a generation or scoring dict (the engine's Sequence.to_record, say), keeping
-        the fields a record has."""
+        """A record from a dict of fields (a finished engine Sequence's, say), keeping those a record has."""
         return cls(**{k: v for k, v in fields_by_name.items() if k in RECORD_FIELDS}, source=source)
 
     def add_scores(self, scored: dict) -> None:
