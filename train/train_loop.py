@@ -18,6 +18,7 @@ from pathlib import Path
 
 import ray
 import ray.train
+from ray.train import CheckpointUploadMode
 import torch
 import torch.distributed as dist
 
@@ -302,12 +303,16 @@ def _val_loss(engine, args: WorkerArgs, precision, loss: str) -> float:
 
 
 def _report_with_checkpoint(engine, metrics: dict, rank: int) -> None:
-    """Each rank writes its DeepSpeed shard; Ray Train gathers them into one checkpoint."""
-    with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag=DS_TAG)
-        if rank == 0:
-            Path(tmp, PROGRESS_FILE).write_text(json.dumps({"step": metrics["step"], "loss": metrics["loss"]}))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    """Each rank writes its DeepSpeed shard; Ray Train gathers them into one checkpoint. The copy into
+    storage (model and optimizer states, ~1 GB for the embedded student) runs in Ray Train's background
+    thread while the next step trains; Ray deletes the local folder once it is committed, and a failure
+    before that restarts from the checkpoint before it."""
+    folder = tempfile.mkdtemp(prefix="studyhall-ckpt-")
+    engine.save_checkpoint(folder, tag=DS_TAG)
+    if rank == 0:
+        Path(folder, PROGRESS_FILE).write_text(json.dumps({"step": metrics["step"], "loss": metrics["loss"]}))
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                     checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
 
 
 def _resume(engine, rollout, rank: int, zero_stage: int, resume_from: str | None, wire_dtype: torch.dtype) -> tuple[int, bool]:
