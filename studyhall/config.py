@@ -125,7 +125,7 @@ LOSSES = ("fkl", "rkl", "jsd", "skew_fkl", "skew_rkl", "tv", "ce")
 class TrainConfig:
     """Distillation (train/): which method makes the data, which loss, and the DeepSpeed run."""
     method: str = "switch"  # sft | kd | seqkd | gkd | skd | distillm | switch | adaswitch
-    loss: str = "auto"  # auto = the method's own (ce for sft/seqkd, jsd for gkd, skew_fkl for distillm, fkl else) | fkl | rkl | jsd | skew_fkl | skew_rkl | tv | ce
+    loss: str = "auto"  # auto = the method's own (ce for sft/seqkd, jsd for gkd, skew_fkl for distillm, switch and adaswitch, fkl else) | fkl | rkl | jsd | skew_fkl | skew_rkl | tv | ce
     beta: float = 0.5  # generalized JSD: 0 = forward KL, 1 = reverse KL
     alpha: float = 0.1  # skew KL mixing weight
     loss_temperature: float = 1.0  # both distributions are softened by this before the loss

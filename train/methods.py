@@ -10,16 +10,16 @@ comes from (a Need); train/records.py makes the records. The loss is chosen apar
 | skd      | student samples; the teacher replaces tokens outside its top-K               | fkl          |
 | distillm | student samples with a probability raised whenever validation loss rises,    | skew_fkl     |
 |          | half of them replayed from a buffer; the rest ground truth                   |              |
-| switch   | the SWITCH engine: the teacher takes tokens where the two diverge past tau_t | fkl          |
-| adaswitch| the same engine with AdaSwitch's gate: the student writes until a divergence | fkl          |
+| switch   | the SWITCH engine: the teacher takes tokens where the two diverge past tau_t | skew_fkl     |
+| adaswitch| the same engine with AdaSwitch's gate: the student writes until a divergence | skew_fkl     |
 |          | exceeds K x its recent mean, then the teacher writes the rest                |              |
 """
 import random
 from collections import deque
 from dataclasses import dataclass
 
-DEFAULT_LOSS = {"sft": "ce", "kd": "fkl", "seqkd": "ce", "gkd": "jsd", "skd": "fkl", "distillm": "skew_fkl", "switch": "fkl",
-                "adaswitch": "fkl"}
+DEFAULT_LOSS = {"sft": "ce", "kd": "fkl", "seqkd": "ce", "gkd": "jsd", "skd": "fkl", "distillm": "skew_fkl",
+                "switch": "skew_fkl", "adaswitch": "skew_fkl"}  # SWITCH follows DistiLLM's setup, whose loss is the skew KL
 NEEDS_SHARED_VOCAB = {"kd", "gkd", "skd", "distillm", "switch", "adaswitch"}  # token-level: the losses compare distributions
 
 # Where a record can come from. "data": the reference answer; "scored_data": the same, with the
