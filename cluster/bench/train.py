@@ -76,7 +76,7 @@ def _bench_worker(config: dict) -> None:
         return steps * tokens_per_step / (time.perf_counter() - started)
 
     model = fresh_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.95), weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.95), weight_decay=t.weight_decay, fused=True)
 
     def plain_step():
         optimizer.zero_grad(set_to_none=True)
