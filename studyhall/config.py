@@ -174,6 +174,7 @@ class TrainConfig:
     # student also answers the step's prompts greedily, and this weight x the mean of -log(1 - p) over the tokens of those
     # answers that close a token n-gram already in them is added to the loss (studyhall/unlikelihood.py); 0 = off
     unlikelihood: float = 0.0
+    warm_unlikelihood: float = 0.0  # the same weight in the warm_start stage (train.unlikelihood is the method's); 0 = off
     unlikelihood_ngram: int = 4  # n of those repeated token n-grams
     # A teacher and student with different tokenizers (kd, gkd, distillm; train/cross_vocab.py): the loss is GOLD's
     # hybrid, the method's divergence over the tokens whose text both vocabularies share plus this weight x ULD's
@@ -374,6 +375,8 @@ def _train_checks(t: TrainConfig) -> list:
         (not t.warm_start or t.warm_steps >= 1, f"train.warm_steps={t.warm_steps}: must be >= 1 with warm_start={t.warm_start}"),
         (t.warm_lr >= 0 and math.isfinite(t.warm_lr), f"train.warm_lr={t.warm_lr}: must be >= 0 (0 = train.lr)"),
         (t.unlikelihood >= 0 and math.isfinite(t.unlikelihood), f"train.unlikelihood={t.unlikelihood}: must be >= 0 (0 = off)"),
+        (t.warm_unlikelihood >= 0 and math.isfinite(t.warm_unlikelihood),
+         f"train.warm_unlikelihood={t.warm_unlikelihood}: must be >= 0 (0 = off)"),
         (t.unlikelihood_ngram >= 1, f"train.unlikelihood_ngram={t.unlikelihood_ngram}: must be >= 1"),
         (t.uld_weight >= 0, f"train.uld_weight={t.uld_weight}: must be >= 0"),
         (t.cross_loss in ("hybrid", "uld"), f"train.cross_loss={t.cross_loss!r}: choose hybrid or uld"),

@@ -20,6 +20,15 @@ def test_the_warm_stage_trains_the_given_student_and_the_method_the_saved_one(tm
     assert stages(load_config("tiny", ["warm_start=kd", "warm_steps=2"]), tmp_path)[0].train.lr == cfg.train.lr  # warm_lr=0: train.lr
 
 
+def test_each_stage_has_its_own_unlikelihood_weight(tmp_path):
+    cfg = load_config("tiny", ["warm_start=kd", "warm_steps=2", "warm_unlikelihood=1.0", "unlikelihood=0.25"])
+    warm, method = stages(cfg, tmp_path)
+    assert (warm.train.unlikelihood, method.train.unlikelihood) == (1.0, 0.25)
+    assert (warm.train.warm_unlikelihood, method.train.warm_unlikelihood) == (0.0, 0.0)  # neither stage has a stage after it
+    warm, method = stages(load_config("tiny", ["warm_start=kd", "warm_steps=2", "unlikelihood=0.5"]), tmp_path)
+    assert (warm.train.unlikelihood, method.train.unlikelihood) == (0.0, 0.5)  # warm_unlikelihood=0: off in the warm stage
+
+
 def test_a_finished_warm_stage_of_the_same_config_is_reused_and_another_is_not(tmp_path):
     cfg = load_config("tiny", ["warm_start=sft", "warm_steps=2"])
     warm, _ = stages(cfg, tmp_path)
@@ -43,6 +52,7 @@ def test_a_finished_warm_stage_of_the_same_config_is_reused_and_another_is_not(t
     (["warm_start=sft"], "train.warm_steps=0: must be >= 1 with warm_start=sft"),
     (["warm_start=bogus", "warm_steps=2"], "train.warm_start='bogus': choose empty (none) or one of sft, kd"),
     (["warm_start=kd", "warm_steps=2", "warm_lr=-1"], "train.warm_lr=-1.0: must be >= 0"),
+    (["warm_start=kd", "warm_steps=2", "warm_unlikelihood=-1"], "train.warm_unlikelihood=-1.0: must be >= 0"),
 ])
 def test_bad_warm_start_settings_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
