@@ -18,9 +18,9 @@ from pathlib import Path
 
 import ray
 import ray.train
-from ray.train import CheckpointUploadMode
 import torch
 import torch.distributed as dist
+from ray.train import CheckpointUploadMode
 
 from actors.models import load_model, load_tokenizer
 from actors.weights import pack
