@@ -75,8 +75,11 @@ def _bench_worker(config: dict) -> None:
             step_fn()
         return steps * tokens_per_step / (time.perf_counter() - started)
 
+    ds_config = deepspeed_config(t, 1, precision.deepspeed_bf16)
     model = fresh_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.95), weight_decay=t.weight_decay, fused=True)
+    # the trainer's own AdamW settings (betas, decay, fused), less DeepSpeed's switch for torch's optimizer
+    adam = {k: v for k, v in ds_config["optimizer"]["params"].items() if k != "torch_adam"}
+    optimizer = torch.optim.AdamW(model.parameters(), **adam)
 
     def plain_step():
         optimizer.zero_grad(set_to_none=True)
@@ -91,7 +94,7 @@ def _bench_worker(config: dict) -> None:
 
     model = fresh_model()
     engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
-                                      config=deepspeed_config(t, 1, precision.deepspeed_bf16), dist_init_required=False)
+                                      config=ds_config, dist_init_required=False)
     forward_backward = []  # seconds per DeepSpeed step in forward and backward alone
 
     def deepspeed_step():
