@@ -129,7 +129,7 @@ class RecordMaker:
         """Reference answers; ones the data lacks are written by the teacher once and cached on disk."""
         missing = [e for e in examples if e.id not in self.references]
         if missing:
-            settings = sample_settings(self.cfg, "teacher", self.cfg.seed, temperature=0.7, top_p=0.9)  # a reference should be a good answer
+            settings = sample_settings(self.cfg, "teacher", self.cfg.seed, sample=True, temperature=0.7, top_p=0.9)  # a good answer, whatever switch.sample says
             if self.cross:  # the teacher's whole answer, not its cut to the student's answer budget
                 texts = [self.cross.text("teacher", a) for a in self.cross.write("teacher", missing, settings)]
             else:

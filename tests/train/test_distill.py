@@ -189,6 +189,13 @@ def test_eval_on_a_prompt_file_writes_and_reuses_cached_teacher_references(tmp_p
     texts = json.loads(cached[0].read_text())
     assert set(texts) == {"q0", "q1", "q2"}
 
+    # switch.sample=false makes the training rollouts greedy, not the references: the same sampled texts.
+    monkeypatch.setenv("STUDYHALL_CACHE", str(tmp_path / "greedy_rollouts_cache"))
+    assert main(["eval", "student", "--preset", "tiny", "--prompts", str(prompts), "--out", str(tmp_path / "greedy.json"),
+                 "answer_tokens=12", "switch.sample=false"]) == 0
+    assert json.loads(next((tmp_path / "greedy_rollouts_cache" / "references").glob("*.json")).read_text()) == texts
+    monkeypatch.setenv("STUDYHALL_CACHE", str(tmp_path / "cache"))
+
     # A second run reads the cache: change one cached reference and only that prompt's KL moves.
     texts["q1"] = "Bees make honey."
     cached[0].write_text(json.dumps(texts))
