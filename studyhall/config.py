@@ -171,8 +171,8 @@ class TrainConfig:
     warm_steps: int = 0  # optimizer steps of the warm_start stage
     warm_lr: float = 0.0  # peak learning rate of the warm_start stage; 0 = train.lr
     # Sequence-level unlikelihood (Welleck et al., arXiv 1908.04319) against the student's greedy loops: each step the
-    # student also answers the step's prompts greedily, and this weight x the mean of -log(1 - p) over the tokens of those
-    # answers that close a token n-gram already in them is added to the loss (studyhall/unlikelihood.py); 0 = off
+    # student also answers the step's prompts greedily, and this weight x the sum of -log(1 - p) over the tokens of those
+    # answers in a token n-gram already in them, per answer token, is added to the loss (studyhall/unlikelihood.py); 0 = off
     unlikelihood: float = 0.0
     warm_unlikelihood: float = 0.0  # the same weight in the warm_start stage (train.unlikelihood is the method's); 0 = off
     unlikelihood_ngram: int = 4  # n of those repeated token n-grams

@@ -24,9 +24,10 @@ class MicroBatch:
     loss_mask: torch.Tensor  # [B, L-1] True where the next token is a response token the distillation loss reads
     teacher_ids: torch.Tensor | None  # [B, L-1, k]
     teacher_logp: torch.Tensor | None  # [B, L-1, k]
-    # [B, L-1] True where the next token closes a repeated n-gram of the student's own greedy answer
+    # [B, L-1] True where the next token is part of a repeated n-gram of the student's own greedy answer
     # (studyhall/unlikelihood.py); those rows are outside loss_mask. None: no unlikelihood rows.
     repeats: torch.Tensor | None = None
+    own_answer_tokens: int = 0  # the unlikelihood rows' answer tokens, marked or not: what the term is divided by
 
     @property
     def tokens(self) -> int:
@@ -62,6 +63,7 @@ def collate(records: list[Record], pad_id: int, with_teacher: bool, repeat_ngram
     t_ids = torch.zeros(b, width - 1, k, dtype=torch.long) if with_teacher else None
     t_logp = torch.zeros(b, width - 1, k) if with_teacher else None
     repeats = torch.zeros(b, width - 1, dtype=torch.bool) if any(own) else None
+    own_answer_tokens = sum(len(r.token_ids) for r, o in zip(records, own) if o)
     for row, (r, is_own) in enumerate(zip(records, own)):
         p, n = len(r.prompt_token_ids), len(r.token_ids)
         ids[row, :p + n] = torch.tensor(r.prompt_token_ids + r.token_ids)
@@ -74,7 +76,7 @@ def collate(records: list[Record], pad_id: int, with_teacher: bool, repeat_ngram
         if with_teacher:
             t_ids[row, answer] = torch.tensor(r.teacher_topk_ids, dtype=torch.long)
             t_logp[row, answer] = torch.tensor(r.teacher_topk_logprobs, dtype=torch.float32)
-    return MicroBatch(ids, attention, ids[:, 1:], loss_mask, t_ids, t_logp, repeats)
+    return MicroBatch(ids, attention, ids[:, 1:], loss_mask, t_ids, t_logp, repeats, own_answer_tokens)
 
 
 def with_own_greedy(parts: list[list[Record]], records: list[Record]) -> list[list[Record]]:
@@ -111,7 +113,7 @@ def answer_loss(logits: torch.Tensor, batch: MicroBatch, loss: str, beta: float,
     read = batch.read_positions
     base = _distillation(logits[batch.loss_mask[read]], batch, loss, beta, alpha, temperature, cross)
     marked = batch.repeats[read]
-    return base + unlikelihood * unlikelihood_loss(logits, batch.targets[read], marked)
+    return base + unlikelihood * unlikelihood_loss(logits, batch.targets[read], marked, batch.own_answer_tokens)
 
 
 def _distillation(logits, batch, loss, beta, alpha, temperature, cross=None):

@@ -398,7 +398,7 @@ def _unlikelihood_lines(curve: list[dict], train: dict) -> list[str]:
     if not train.get("unlikelihood") or not curve:
         return []
     first, last = curve[0], curve[-1]
-    return [f"- **Unlikelihood:** weight {train['unlikelihood']} on the tokens of the student's own greedy answers that close a "
+    return [f"- **Unlikelihood:** weight {train['unlikelihood']} on the tokens of the student's own greedy answers in a "
             f"repeated {train.get('unlikelihood_ngram')}-gram: {first.get('repeats', 0)} such tokens at step {first['step']}, "
             f"{last.get('repeats', 0)} at step {last['step']} (rank 0's share of the step's answers)"]
 

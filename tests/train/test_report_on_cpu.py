@@ -190,5 +190,5 @@ def test_report_shows_the_unlikelihood_terms_positions_first_and_last_only_when_
     assert "Unlikelihood" not in Path(write_report(tmp_path / "off", report)["md"]).read_text()
     report["config"]["train"] |= {"unlikelihood": 1.0, "unlikelihood_ngram": 4}
     md = Path(write_report(tmp_path / "on", report)["md"]).read_text()
-    assert ("- **Unlikelihood:** weight 1.0 on the tokens of the student's own greedy answers that close a repeated 4-gram: "
+    assert ("- **Unlikelihood:** weight 1.0 on the tokens of the student's own greedy answers in a repeated 4-gram: "
             "40 such tokens at step 1, 7 at step 12 (rank 0's share of the step's answers)") in md

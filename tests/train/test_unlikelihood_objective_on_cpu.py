@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from studyhall.record import Record
-from studyhall.unlikelihood import OWN_GREEDY, unlikelihood_loss
+from studyhall.unlikelihood import OWN_GREEDY
 from train.objective import answer_loss, collate, distill_loss, micro_batches, with_own_greedy
 
 
@@ -23,6 +23,7 @@ def test_own_greedy_rows_are_marked_and_outside_the_distillation_loss():
     # position i predicts token i + 1: the answer's token t sits at prompt_len - 1 + t
     assert batch.loss_mask.tolist() == [[False, False, True, True, True, True, True], [False] * 7]
     assert batch.repeats.tolist() == [[False] * 7, [False, False, False, True, True, False, False]]
+    assert batch.own_answer_tokens == 5
     assert collate([method], pad_id=0, with_teacher=True).repeats is None  # no own rows: as before
 
 
@@ -34,8 +35,11 @@ def test_the_method_rows_keep_their_exact_loss_and_the_unlikelihood_is_added_wit
     full = torch.randn(*joined.input_ids.shape, 9)  # [B, L, V] as a student would give
     # the method rows alone, padded to the joined batch's width: the same rows' logits
     plain = distill_loss(full[:2, :alone.input_ids.shape[1]], alone, "fkl", 0.5, 0.1, 1.0)
-    expected_ul = unlikelihood_loss(full[:, :-1][joined.repeats], joined.targets[joined.repeats], torch.ones(int(joined.repeats.sum()), dtype=torch.bool))
-    assert int(joined.repeats.sum()) == 4 + 2  # tokens 4-7 close a 2-gram seen at 1-3; (7,7) at tokens 2 and 3
+    # tokens 3-7 of the first answer repeat 2-grams seen at 0-2; (7,7) ends at tokens 2 and 3 of the second, so 1-3
+    assert int(joined.repeats.sum()) == 5 + 3
+    assert joined.own_answer_tokens == 8 + 4
+    marked_logp = torch.log_softmax(full[:, :-1][joined.repeats], -1).gather(-1, joined.targets[joined.repeats][:, None])[:, 0]
+    expected_ul = -torch.log1p(-marked_logp.exp()).sum() / 12  # Welleck et al.: per answer token, marked or not
     for weight in (0.0, 0.5):
         got = distill_loss(full, joined, "fkl", 0.5, 0.1, 1.0, unlikelihood=weight)
         assert got.item() == pytest.approx(plain.item() + weight * expected_ul.item(), rel=1e-6)
