@@ -1,6 +1,7 @@
 """The record factory: one record per example, made by the SWITCH engine, by one model writing alone
-(across tokenizers), or from a reference answer, each with what the loss reads at every answer
-position: the teacher's log-prob of the actual token and its top-k.
+(across tokenizers, and the student's greedy answers for the unlikelihood term), or from a reference
+answer, each with what the loss reads at every answer position: the teacher's log-prob of the actual
+token and its top-k (none for the unlikelihood term's answers, which it does not read).
 
 The teacher's log-probs come from generation wherever the teacher already scored the position
 (SWITCH, SKD, student samples) and from one plain teacher pass only where it did not (reference
@@ -22,8 +23,9 @@ from train.data import Example, load_references, prompt_token_ids, render_prompt
 from train.methods import Need
 
 # What each kind of sample a method asks for changes in the run's engine settings. One model writes
-# every token of "student", "teacher" and OWN_GREEDY: the other scores each, so the records carry the
-# teacher's log-probs (and the JS divergence, e.g. to calibrate tau0) whoever wrote them.
+# every token of "student" and "teacher": the other scores each, so the records carry the teacher's
+# log-probs (and the JS divergence, e.g. to calibrate tau0) whoever wrote them. OWN_GREEDY's answers
+# are the student's alone, unscored (RecordMaker.own_greedy_records).
 SAMPLE_KINDS = {
     "switch": {},
     "adaswitch": {"schedule": "adaptive"},  # one token at a time (SwitchConfig.one_token_rounds)
@@ -74,12 +76,15 @@ class RecordMaker:
                 for i, e in enumerate(examples)]
 
     def run_engine(self, kind: str, examples: list[Example], seed: int, settings: SwitchConfig | None = None) -> list[Record]:
-        """One answer per example with the SWITCH engine for `kind`; records in input order. Without
-        `settings` this is a training batch: counted, at the batch pipeline groups."""
+        """One answer per example for `kind`, in input order: by the SWITCH engine, or by one model alone
+        (across tokenizers; the student's greedy answers for the unlikelihood term). Without `settings`
+        this is a training batch: counted, at the batch pipeline groups."""
         training_batch = settings is None
         settings = settings or sample_settings(self.cfg, kind, seed, beside_trainer=True)
         if self.cross:
             return self.cross_records(kind, examples, settings, training_batch)
+        if kind == OWN_GREEDY:
+            return self.own_greedy_records(examples, settings, training_batch)
         self.revival.call(settings, lambda: ray.get([a.configure.remote(settings) for a in (self.teacher, self.student)]))
         controller = SwitchController(self.teacher, self.student, settings, self.eos, self.revival)
         done: dict[int, Record] = {}
@@ -94,13 +99,28 @@ class RecordMaker:
         self.counts["generated_tokens"] += stats.tokens
         for group, rows in stats.rows_by_group.items():
             self.batch_rows_by_group[group] = self.batch_rows_by_group.get(group, 0) + rows
-        if kind == OWN_GREEDY:
-            return  # the unlikelihood reads no teacher log-probs
         self.counts["reused_positions"] += sum(len(r.token_ids) for r in records)
         if kind in GATED_KINDS:  # the controller counted the teacher's share by answer position
             for bucket, n in stats.position_tokens.items():
                 self.position_tokens[bucket] = self.position_tokens.get(bucket, 0) + n
                 self.position_teacher[bucket] = self.position_teacher.get(bucket, 0) + stats.position_teacher.get(bucket, 0)
+
+    def own_greedy_records(self, examples: list[Example], settings: SwitchConfig, training_batch: bool) -> list[Record]:
+        """The student's greedy answers, written by the student alone (HF `generate` on its actor, with
+        its KV cache): the unlikelihood term reads only their tokens, so the teacher neither drafts,
+        scores nor waits for them, and no SWITCH round runs per token."""
+        started = time.perf_counter()
+        prompts = [prompt_token_ids(self.tokenizer, e) for e in examples]
+
+        def write():
+            ray.get(self.student.configure.remote(settings))
+            return ray.get(self.student.generate_alone.remote(prompts, sorted(self.eos)))
+
+        answers = self.revival.call(settings, write)
+        if training_batch:
+            self.counts["generation_seconds"] += time.perf_counter() - started
+            self.counts["generated_tokens"] += sum(map(len, answers))
+        return [Record(e.id, p, ids, OWN_GREEDY, from_teacher=[False] * len(ids)) for e, p, ids in zip(examples, prompts, answers)]
 
     def cross_records(self, kind: str, examples: list[Example], settings: SwitchConfig, training_batch: bool) -> list[Record]:
         """run_engine's records for a pair whose tokenizers differ: one model writes alone, then the
