@@ -18,6 +18,7 @@ import dataclasses
 import ray
 import torch
 
+from actors.alone import answer_alone
 from actors.models import eos_ids, load_tokenizer, model_config
 from studyhall.config import Config, ConfigError
 from studyhall.cross_tokenizer import aligned_positions, shared_vocab_map, token_strings, unreached_ids
@@ -119,12 +120,7 @@ class CrossPair:
         """`role` alone answers each example, in its own tokens."""
         actor = self.teacher if role == "teacher" else self.student
         prompts = [prompt_token_ids(self.tok[role], e) for e in examples]
-
-        def write():
-            ray.get(actor.configure.remote(settings))
-            return ray.get(actor.generate_alone.remote(prompts, self.eos[role]))
-
-        return self.revival.call(settings, write)
+        return answer_alone(self.revival, actor, prompts, self.eos[role], settings)
 
     def text(self, role: str, ids: list[int]) -> str:
         return self.tok[role].decode(ids, skip_special_tokens=True).strip()

@@ -12,6 +12,7 @@ import time
 
 import ray
 
+from actors.alone import answer_alone
 from actors.switch_controller import SwitchController
 from studyhall.config import Config, SwitchConfig
 from studyhall.engine_settings import engine_settings
@@ -109,28 +110,15 @@ class RecordMaker:
         """The student's greedy answers, written by the student alone (HF `generate` on its actor, with
         its KV cache): the unlikelihood term reads only their tokens, so the teacher neither drafts,
         scores nor waits for them, and no SWITCH round runs per token."""
-        started = time.perf_counter()
         prompts = [prompt_token_ids(self.tokenizer, e) for e in examples]
-
-        def write():
-            ray.get(self.student.configure.remote(settings))
-            return ray.get(self.student.generate_alone.remote(prompts, sorted(self.eos)))
-
-        answers = self.revival.call(settings, write)
-        if training_batch:
-            self.counts["generation_seconds"] += time.perf_counter() - started
-            self.counts["generated_tokens"] += sum(map(len, answers))
+        answers = self.written_alone(lambda: answer_alone(self.revival, self.student, prompts, sorted(self.eos), settings), training_batch)
         return [Record(e.id, p, ids, OWN_GREEDY, from_teacher=[False] * len(ids)) for e, p, ids in zip(examples, prompts, answers)]
 
     def cross_records(self, kind: str, examples: list[Example], settings: SwitchConfig, training_batch: bool) -> list[Record]:
         """run_engine's records for a pair whose tokenizers differ: one model writes alone, then the
         teacher scores the text (train/cross_vocab.py). The teacher's answers become student tokens."""
-        started = time.perf_counter()
         writer = "teacher" if kind == "teacher" else "student"
-        answers = self.cross.write(writer, examples, settings)
-        if training_batch:
-            self.counts["generation_seconds"] += time.perf_counter() - started
-            self.counts["generated_tokens"] += sum(map(len, answers))
+        answers = self.written_alone(lambda: self.cross.write(writer, examples, settings), training_batch)
         if writer == "teacher":
             answers = [self.response_ids(self.cross.text("teacher", a)) for a in answers]
         # one model wrote every token: the unlikelihood term reads who (studyhall/unlikelihood.repeat_marks)
@@ -139,6 +127,15 @@ class RecordMaker:
         if kind != OWN_GREEDY:  # the unlikelihood reads no teacher log-probs; across tokenizers every other record has a pass
             self.teacher_pass(records, count=training_batch, settings=settings)
         return records
+
+    def written_alone(self, write, training_batch: bool) -> list[list[int]]:
+        """`write()`'s answers, one model's alone; a training batch's are counted in the run's generation figures."""
+        started = time.perf_counter()
+        answers = write()
+        if training_batch:
+            self.counts["generation_seconds"] += time.perf_counter() - started
+            self.counts["generated_tokens"] += sum(map(len, answers))
+        return answers
 
     def response_ids(self, text: str) -> list[int]:
         """A reference answer as the student's tokens, ended by EOS, cut to the answer budget."""
