@@ -11,9 +11,17 @@ The trainer's phases add up to the step's wall time on rank 0:
   barrier           the other ranks waiting for rank 0's push
   validation        DistiLLM's held-out loss (the other methods: 0)
   checkpoint        the DeepSpeed checkpoint and Ray Train's report
+
+Beside the wall seconds, each step records how much of the cores it had (`cores`): the trainer
+process's CPU seconds in each phase, and where the node's cores went (train/cores.py). A
+forward-backward slower beside the generation actors than alone either waits for a core (its CPU
+seconds stay as alone; the share of its wall it ran falls) or runs slower on one (memory bandwidth,
+caches: its CPU seconds grow). The two call for different fixes.
 """
 import time
 from contextlib import contextmanager
+
+from train.cores import NodeCores
 
 PHASES = ("generation", "waiting", "forward_backward", "optimizer", "weight_push", "barrier", "validation", "checkpoint")
 SHORT = {"generation": "gen", "waiting": "wait", "forward_backward": "fwd_bwd", "optimizer": "opt",
@@ -21,23 +29,30 @@ SHORT = {"generation": "gen", "waiting": "wait", "forward_backward": "fwd_bwd", 
 
 
 class PhaseTimer:
-    """Seconds per phase for the step in progress; `take()` hands them over and starts the next step."""
+    """Seconds per phase for the step in progress, wall and the process's CPU; `take()` hands them over
+    and starts the next step. `node`: what reads the node's cores (train/cores.NodeCores), or None."""
 
-    def __init__(self, clock=time.perf_counter):
-        self.clock = clock
+    def __init__(self, clock=time.perf_counter, cpu_clock=time.process_time, node: NodeCores | None = None):
+        self.clock, self.cpu_clock, self.node = clock, cpu_clock, node
         self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.cpu = dict.fromkeys(PHASES, 0.0)
 
     @contextmanager
     def __call__(self, phase: str):
-        started = self.clock()
+        started, cpu_started = self.clock(), self.cpu_clock()
         try:
             yield
         finally:
             self.seconds[phase] += self.clock() - started
+            self.cpu[phase] += self.cpu_clock() - cpu_started
 
     def take(self) -> dict:
-        taken, self.seconds = self.seconds, dict.fromkeys(PHASES, 0.0)
-        return {k: round(v, 4) for k, v in taken.items()}
+        """The step's wall seconds per phase, and under `cores` this process's CPU seconds per phase and
+        (with a node reader) where the node's cores went since the last take."""
+        taken, cpu = self.seconds, self.cpu
+        self.seconds, self.cpu = dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0.0)
+        cores = {"cpu": {k: round(v, 4) for k, v in cpu.items()}, **(self.node.take() if self.node else {})}
+        return {**{k: round(v, 4) for k, v in taken.items()}, "cores": cores}
 
 
 def split_wait(phases: dict, generation_s: float) -> dict:
@@ -53,7 +68,28 @@ def steady_state(per_step: list[dict]) -> dict:
     if not steps:
         return {}
     mean = {p: round(sum(s[p] for s in steps) / len(steps), 3) for p in PHASES}
-    return {"steps": len(steps), "seconds_per_step": round(sum(mean.values()), 3), **mean}
+    return {"steps": len(steps), "seconds_per_step": round(sum(mean.values()), 3), **mean, "cores": steady_cores(steps, mean)}
+
+
+def steady_cores(steps: list[dict], mean_wall: dict) -> dict | None:
+    """The steps' `cores` (PhaseTimer.take), averaged: the trainer's CPU seconds per phase, the share of
+    forward_backward's wall it was on a core (CPU / wall; with n threads it can reach n), and, when the
+    node was read, its busy share and CPU seconds by process role."""
+    cores = [s["cores"] for s in steps if s.get("cores")]
+    if not cores:
+        return None
+
+    def mean(values) -> float:
+        return round(sum(values) / len(cores), 3)
+
+    cpu = {p: mean(c["cpu"][p] for c in cores) for p in PHASES}
+    steady = {"trainer_cpu": cpu,
+              "forward_backward_cpu_per_wall": round(cpu["forward_backward"] / mean_wall["forward_backward"], 3) if mean_wall["forward_backward"] else None}
+    if all("cpu_by_role" in c for c in cores):
+        roles = sorted({r for c in cores for r in c["cpu_by_role"]})
+        steady["node_busy_share"] = mean(c["node_busy_share"] for c in cores)
+        steady["cpu_by_role"] = {r: mean(c["cpu_by_role"].get(r, 0.0) for c in cores) for r in roles}
+    return steady
 
 
 def postfix(phases: dict) -> dict:

@@ -160,7 +160,20 @@ def phase_table(steady: dict) -> list[str]:
         return []
     return ["| phase | seconds per step | share |", "|---|---|---|",
             *[f"| {p} | {steady[p]:.3f} | {steady[p] / max(steady['seconds_per_step'], 1e-9):.0%} |" for p in PHASES],
-            f"| **total** ({steady['steps']} steps after the first) | {steady['seconds_per_step']:.3f} | |", ""]
+            f"| **total** ({steady['steps']} steps after the first) | {steady['seconds_per_step']:.3f} | |", "", *cores_lines(steady.get("cores"))]
+
+
+def cores_lines(cores: dict | None) -> list[str]:
+    """What the steady-state steps had of the cores (train/phases.py: steady_cores), as sentences."""
+    if not cores:
+        return []
+    share = cores["forward_backward_cpu_per_wall"]
+    lines = [f"Cores: the trainer ran {cores['trainer_cpu']['forward_backward']:.3f} CPU seconds per step in forward_backward"
+             + (f" ({share:.2f} CPU seconds per wall second)." if share is not None else ".")]
+    if "cpu_by_role" in cores:
+        roles = ", ".join(f"{role} {seconds:.2f}" for role, seconds in sorted(cores["cpu_by_role"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"The node's cores were {cores['node_busy_share']:.0%} busy over the step; CPU seconds per step by process: {roles}.")
+    return [" ".join(lines), ""]
 
 
 def _overall_table(before: dict, after: dict, difference: dict) -> list[str]:

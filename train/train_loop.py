@@ -28,6 +28,7 @@ from studyhall.config import Config
 from studyhall.threads import trainer_threads
 from studyhall.unlikelihood import OWN_GREEDY
 from train.answer_logits import AnswerLogitsLM
+from train.cores import NodeCores
 from train.objective import Cross, answer_loss, collate, micro_batches, with_own_greedy
 from train.phases import PhaseTimer
 from train.precision import resolve as resolve_precision
@@ -194,7 +195,7 @@ def _train(args: WorkerArgs) -> None:
             rollout.log_val_kl.remote("start", step, kl_start)
     with_teacher = args.loss != "ce"
     started, trained_tokens, run_positions = time.perf_counter(), 0, 0
-    timer = PhaseTimer()
+    timer = PhaseTimer(node=NodeCores() if rank == 0 else None)  # rank 0 reports the phases
     while step < t.steps:
         step += 1
         with timer("waiting"):

@@ -1,21 +1,58 @@
 """The per-phase time breakdown of a distillation step (train/phases.py) and its table."""
+from collections import namedtuple
+
 from cluster.bench.distill import markdown, settings
+from train.cores import NodeCores, busy_share, role_of
 from train.phases import PHASES, PhaseTimer, postfix, split_wait, steady_state
 from train.report import phase_table
 
 
-def test_timer_adds_up_each_phase_and_starts_afresh():
-    clock = iter([0.0, 0.25, 1.0, 1.5, 2.0, 2.125])  # a fixed clock: the sums are exact, not timed
-    timer = PhaseTimer(clock=lambda: next(clock))
+def node(busy: float, idle: float, iowait: float = 0.0, guest: float = 0.0):
+    """A reading shaped as psutil.cpu_times()'s: the node's cumulative seconds in each state."""
+    return namedtuple("scputimes", "user system idle iowait guest")(busy, 0.0, idle, iowait, guest)
+
+
+class Proc:
+    """What psutil.process_iter yields for one process: its pid and the attributes asked for."""
+
+    def __init__(self, pid: int, title: str, cpu: float | None):
+        self.pid = pid
+        self.info = {"cmdline": title.split(" "), "cpu_times": namedtuple("pcputimes", "user system")(cpu / 2, cpu / 2) if cpu is not None else None}
+
+
+def test_timer_adds_up_each_phase_wall_and_cpu_and_starts_afresh():
+    clock = iter([0.0, 0.25, 1.0, 1.5, 2.0, 2.125])  # fixed clocks: the sums are exact, not timed
+    cpu_clock = iter([0.0, 0.125, 1.0, 1.25, 2.0, 2.0625])  # the trainer on a core half the time
+    timer = PhaseTimer(clock=lambda: next(clock), cpu_clock=lambda: next(cpu_clock))
     for _ in range(2):
         with timer("forward_backward"):
             pass
     with timer("optimizer"):
         pass
     taken = timer.take()
-    assert set(taken) == set(PHASES)
+    assert set(taken) == {*PHASES, "cores"}
     assert taken["forward_backward"] == 0.75 and taken["optimizer"] == 0.125 and taken["waiting"] == 0
-    assert sum(timer.take().values()) == 0
+    assert taken["cores"] == {"cpu": {**dict.fromkeys(PHASES, 0.0), "forward_backward": 0.375, "optimizer": 0.0625}}
+    again = timer.take()
+    assert sum(again[p] for p in PHASES) == 0 and sum(again["cores"]["cpu"].values()) == 0
+
+
+def test_node_cores_by_role_since_the_last_take():
+    assert role_of(["ray::TeacherActor.score"]) == "teacher" and role_of(["ray::RayTrainWorker"]) == "trainer"
+    assert role_of(["ray::TrainController.run"]) == "ray_actors" and role_of(["/x/raylet", "--node"]) == "ray_system"
+    assert role_of([]) == "other" and role_of(["python3", "train.py"]) == "other"
+    readings = iter([
+        [Proc(1, "ray::TeacherActor", 10.0), Proc(2, "ray::StudentActor.draft", 4.0), Proc(3, "bash", None)],
+        # the student's title changed with its call; a Ray Train actor started; the teacher is gone
+        [Proc(2, "ray::StudentActor.score", 6.5), Proc(4, "ray::TrainController.run", 0.75), Proc(5, "ray::RayTrainWorker", 3.0)],
+    ])
+    nodes = iter([node(10.0, 10.0, guest=5.0), node(13.0, 10.5, 0.5, guest=6.0)])
+    cores = NodeCores(node_times=lambda: next(nodes), processes=lambda attrs: next(readings))
+    taken = cores.take()
+    assert taken["cpu_by_role"] == {"student": 2.5, "ray_actors": 0.75, "trainer": 3.0}
+    # 4 core-seconds passed (the 1 of guest time is already inside user), 1 of them idle or waiting on I/O
+    assert taken["node_busy_share"] == 0.75
+    assert busy_share(node(1.0, 1.0), node(1.0, 1.0)) == 0.0  # no time passed: no share, no division by zero
 
 
 def test_generation_is_carved_out_of_the_wait_and_the_sum_is_kept():
@@ -33,6 +70,18 @@ def test_steady_state_leaves_out_the_first_step():
              {**dict.fromkeys(PHASES, 0.0), "generation": 4.0, "optimizer": 1.0}]
     steady = steady_state([first, *later])
     assert steady["steps"] == 2 and steady["generation"] == 3.0 and steady["seconds_per_step"] == 4.0
+    assert steady["cores"] is None  # steps without the CPU clocks
+    cpu = [{**dict.fromkeys(PHASES, 0.0), "forward_backward": c} for c in (3.0, 5.0)]
+    roles = ({"trainer": 3.5, "teacher": 6.0}, {"trainer": 5.5, "teacher": 4.0, "other": 1.0})
+    timed = steady_state([first, *[{**p, "forward_backward": 8.0, "cores": {"cpu": c, "node_busy_share": b, "cpu_by_role": r}}
+                                   for p, c, b, r in zip(later, cpu, (0.9, 1.0), roles)]])
+    assert timed["cores"]["trainer_cpu"]["forward_backward"] == 4.0 and timed["cores"]["forward_backward_cpu_per_wall"] == 0.5
+    assert timed["cores"]["node_busy_share"] == 0.95 and timed["cores"]["cpu_by_role"] == {"other": 0.5, "teacher": 5.0, "trainer": 4.5}
+    text = "".join(phase_table(timed))
+    assert "ran 4.000 CPU seconds per step in forward_backward (0.50 CPU seconds per wall second)." in text
+    assert "cores were 95% busy over the step; CPU seconds per step by process: teacher 5.00, trainer 4.50, other 0.50." in text
+    other_ranks = steady_state([first, *[{**p, "cores": {"cpu": c}} for p, c in zip(later, cpu)]])  # no node reader
+    assert "cpu_by_role" not in other_ranks["cores"] and "busy" not in "".join(phase_table(other_ranks))
     assert postfix(later[0]) == {"gen": "2.0", "opt": "1.0"}
     table = phase_table(steady)
     assert "| generation | 3.000 | 75% |" in table and any("4.000" in line for line in table)
@@ -50,3 +99,9 @@ def test_bench_settings_and_table():
     assert "| weights into the generation actor (MB, s per load) | 310.6, 0.3 |" in table
     assert "| padding share of the micro-batches | 0.216 |" in table
     assert "| generation (tokens, s, SWITCH pipeline groups) | 684, 45.6, 1 |" in table
+    assert "| trainer CPU s in forward_backward (per wall s) | - |" in table  # a report from before the CPU clocks
+    cored = {**run, "phases": {**steady, "cores": {"trainer_cpu": {"forward_backward": 0.6}, "forward_backward_cpu_per_wall": 0.6,
+                                                    "node_busy_share": 0.984, "cpu_by_role": {"teacher": 4.25, "trainer": 0.75}}}}
+    table = markdown({"method": "gkd", "preset": "smol", "runs": [run, cored]})
+    assert "| trainer CPU s in forward_backward (per wall s) | - | 0.600 (0.6) |" in table and "| node cores busy over the step | - | 98% |" in table
+    assert "| CPU s per step: teacher | - | 4.250 |" in table and "| CPU s per step: trainer | - | 0.750 |" in table
