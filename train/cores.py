@@ -10,7 +10,7 @@ import psutil
 
 # a process's role by the start of its title: Ray names an actor's process after its class
 ROLES = (("ray::RayTrainWorker", "trainer"), ("ray::TeacherActor", "teacher"), ("ray::StudentActor", "student"),
-         ("ray::Rollout", "rollout"), ("ray::", "ray_actors"))  # the last: Ray Train's controller actors, idle workers
+         ("ray::Rollout", "rollout"), ("ray::", "ray_actors"))  # the last: Ray Train's controller actors, Ray's agents, idle workers
 RAY_SYSTEM = ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env")
 
 
