@@ -22,25 +22,17 @@ def role_of(cmdline: list[str]) -> str:
     return "ray_system" if any(name in title for name in RAY_SYSTEM) else "other"
 
 
-def busy_share(start, end) -> float:
-    """The share of the node's core-seconds between two psutil.cpu_times() readings not spent idle
-    (guest time is already in user time on Linux, so it is not counted twice)."""
-    def total(t):
-        return sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-
-    def idle(t):
-        return t.idle + getattr(t, "iowait", 0.0)
-
-    elapsed = total(end) - total(start)
-    return (elapsed - (idle(end) - idle(start))) / elapsed if elapsed > 0 else 0.0
-
-
 class NodeCores:
-    """`take()`: the CPU seconds each role's processes used since the last take, and the node's busy share."""
+    """`take()`: the CPU seconds each role's processes used since the last take, and the node's busy share.
 
-    def __init__(self, node_times=psutil.cpu_times, processes=psutil.process_iter):
-        self.node_times, self.processes = node_times, processes
-        self.node, self.seen = node_times(), self._read()
+    The busy share is psutil's own (`cpu_percent(interval=None)`: the node's CPU times since its last
+    call, guest time not counted twice, idle and I/O wait as idle). Ray Train and DeepSpeed do not
+    call it in the trainer process, so its last call is this reader's last take."""
+
+    def __init__(self, busy_percent=psutil.cpu_percent, processes=psutil.process_iter):
+        self.busy_percent, self.processes = busy_percent, processes
+        busy_percent(interval=None)  # starts the window the first take measures
+        self.seen = self._read()
 
     def _read(self) -> dict[int, tuple[str, float]]:
         """pid -> (role, CPU seconds so far) for every process on the node still readable."""
@@ -52,11 +44,10 @@ class NodeCores:
         return read
 
     def take(self) -> dict:
-        node, seen = self.node_times(), self._read()
+        share, seen = self.busy_percent(interval=None) / 100, self._read()
         by_role: dict[str, float] = {}
         for pid, (role, cpu) in seen.items():
             _, before = self.seen.get(pid, (role, 0.0))  # a process started since: all of its time is new
             by_role[role] = by_role.get(role, 0.0) + max(cpu - before, 0.0)
-        taken = {"node_busy_share": round(busy_share(self.node, node), 4), "cpu_by_role": {r: round(s, 4) for r, s in sorted(by_role.items())}}
-        self.node, self.seen = node, seen
-        return taken
+        self.seen = seen
+        return {"node_busy_share": round(share, 4), "cpu_by_role": {r: round(s, 4) for r, s in sorted(by_role.items())}}

@@ -1,15 +1,11 @@
 """The per-phase time breakdown of a distillation step (train/phases.py) and its table."""
+import time
 from collections import namedtuple
 
 from cluster.bench.distill import markdown, settings
-from train.cores import NodeCores, busy_share, role_of
+from train.cores import NodeCores, role_of
 from train.phases import PHASES, PhaseTimer, postfix, split_wait, steady_state
 from train.report import phase_table
-
-
-def node(busy: float, idle: float, iowait: float = 0.0, guest: float = 0.0):
-    """A reading shaped as psutil.cpu_times()'s: the node's cumulative seconds in each state."""
-    return namedtuple("scputimes", "user system idle iowait guest")(busy, 0.0, idle, iowait, guest)
 
 
 class Proc:
@@ -46,13 +42,28 @@ def test_node_cores_by_role_since_the_last_take():
         # the student's title changed with its call; a Ray Train actor started; the teacher is gone
         [Proc(2, "ray::StudentActor.score", 6.5), Proc(4, "ray::TrainController.run", 0.75), Proc(5, "ray::RayTrainWorker", 3.0)],
     ])
-    nodes = iter([node(10.0, 10.0, guest=5.0), node(13.0, 10.5, 0.5, guest=6.0)])
-    cores = NodeCores(node_times=lambda: next(nodes), processes=lambda attrs: next(readings))
+    percents, windows = iter([0.0, 75.0]), []  # psutil.cpu_percent: 0.0 on its first call, then the share since the last
+
+    def busy_percent(interval):
+        windows.append(interval)
+        return next(percents)
+
+    cores = NodeCores(busy_percent=busy_percent, processes=lambda attrs: next(readings))
+    assert windows == [None]  # the window opens when the reader is made
     taken = cores.take()
     assert taken["cpu_by_role"] == {"student": 2.5, "ray_actors": 0.75, "trainer": 3.0}
-    # 4 core-seconds passed (the 1 of guest time is already inside user), 1 of them idle or waiting on I/O
-    assert taken["node_busy_share"] == 0.75
-    assert busy_share(node(1.0, 1.0), node(1.0, 1.0)) == 0.0  # no time passed: no share, no division by zero
+    assert taken["node_busy_share"] == 0.75 and windows == [None, None]  # since the last call, never blocking
+
+
+def test_node_cores_on_this_machine():
+    """psutil's real readings: the share is a share, and this test's own process is read."""
+    cores = NodeCores()
+    started = time.process_time()
+    while time.process_time() - started < 0.1:  # this process's CPU time between the reads, beyond a clock tick
+        pass
+    taken = cores.take()
+    assert 0.0 <= taken["node_busy_share"] <= 1.0
+    assert taken["cpu_by_role"].get("other", 0.0) > 0.0
 
 
 def test_generation_is_carved_out_of_the_wait_and_the_sum_is_kept():
