@@ -54,14 +54,14 @@ def markdown(result: dict) -> str:
     for phase in PHASES:
         lines.append(f"| {phase} | " + " | ".join(f"{r['phases'].get(phase, 0):.3f}" for r in runs) + " |")
     lines.append("| **seconds per step** | " + " | ".join(f"**{r['phases'].get('seconds_per_step', 0):.3f}**" for r in runs) + " |")
-    lines.append("| trainer CPU s in forward_backward (per wall s) | " + " | ".join(_fwd_bwd_cpu(r['phases'].get("cores")) for r in runs) + " |")
+    cores = [r["phases"].get("cores") or {} for r in runs]  # {} for a report from before the CPU clocks
+    lines.append("| trainer CPU s in forward_backward (per wall s) | " + " | ".join(
+        f"{c['trainer_cpu']['forward_backward']:.3f} ({c['forward_backward_cpu_per_wall']})" if c else "-" for c in cores) + " |")
     lines.append("| node cores busy over the step | " + " | ".join(
-        f"{r['phases']['cores']['node_busy_share']:.0%}" if "node_busy_share" in (r['phases'].get("cores") or {}) else "-" for r in runs) + " |")
-    roles = sorted({role for r in runs for role in ((r["phases"].get("cores") or {}).get("cpu_by_role") or {})})
-    for role in roles:
+        f"{c['node_busy_share']:.0%}" if "node_busy_share" in c else "-" for c in cores) + " |")
+    for role in sorted({role for c in cores for role in c.get("cpu_by_role", {})}):
         lines.append(f"| CPU s per step: {role} | " + " | ".join(
-            f"{r['phases']['cores']['cpu_by_role'].get(role, 0.0):.3f}" if "cpu_by_role" in (r["phases"].get("cores") or {}) else "-"
-            for r in runs) + " |")
+            f"{c['cpu_by_role'].get(role, 0.0):.3f}" if "cpu_by_role" in c else "-" for c in cores) + " |")
     lines.append("| train tokens/s (end to end) | " + " | ".join(f"{r['tokens_per_s']}" for r in runs) + " |")
     lines.append("| padding share of the micro-batches | " + " | ".join(f"{r['padding_share']}" for r in runs) + " |")
     lines.append("| weights into the generation actor (MB, s per load) | " + " | ".join(
@@ -71,9 +71,3 @@ def markdown(result: dict) -> str:
     lines.append("| staleness (mean, max) | " + " | ".join(
         f"{r['staleness_steps']['mean']}, {r['staleness_steps']['max']}" for r in runs) + " |")
     return "\n".join(lines)
-
-
-def _fwd_bwd_cpu(cores: dict | None) -> str:
-    if not cores:
-        return "-"
-    return f"{cores['trainer_cpu']['forward_backward']:.3f} ({cores['forward_backward_cpu_per_wall']})"
