@@ -141,6 +141,9 @@ class TrainConfig:
     # auto = bf16 where the device runs it fast (a GPU with bf16; a CPU with AVX512-BF16, AMX or Arm BF16), else fp32 | fp32 | bf16;
     # masters, optimizer and the loss math stay fp32 (train/precision.py); the report says which was chosen and why
     precision: str = "auto"
+    # the trainer's attention kernel: auto = eager on the CPU, whose fused (sdpa) backward is slow at these lengths, sdpa on a
+    # GPU | eager | sdpa (train/attention.py); the generation actors keep the model's own
+    attention: str = "auto"
     answer_logits: bool = True  # the student's LM head runs on the answer positions only (train/answer_logits.py); false = every position
     # a step's records go into micro-batches in order of length, so rows of like length pad each other little (HF's
     # group_by_length); off: on the demo it cuts the padding but not the step, which generation bounds (docs/benchmarks.md)
@@ -361,6 +364,7 @@ def _train_checks(t: TrainConfig) -> list:
         (t.grad_clip >= 0, f"train.grad_clip={t.grad_clip}: must be >= 0 (0 = off)"),
         (t.zero_stage in (0, 1, 2, 3), f"train.zero_stage={t.zero_stage}: choose 0, 1, 2 or 3"),
         (t.precision in ("auto", "fp32", "bf16"), f"train.precision={t.precision!r}: choose auto, fp32 or bf16"),
+        (t.attention in ("auto", "eager", "sdpa"), f"train.attention={t.attention!r}: choose auto, eager or sdpa"),
         (t.cpus_per_worker >= 0 and t.gpus_per_worker >= 0, "train.cpus_per_worker and gpus_per_worker must be >= 0"),
         (t.max_failures >= 0, f"train.max_failures={t.max_failures}: must be >= 0"),
         (t.answer_tokens >= 1, f"train.answer_tokens={t.answer_tokens}: must be >= 1"),

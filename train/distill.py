@@ -254,7 +254,8 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
             "padding_share": round(metrics[-1]["padding_share"], 4) if metrics else None,
             "seconds": round(time.perf_counter() - started, 1),
             "precision": ({"dtype": metrics[-1]["precision"], "how": metrics[-1]["precision_how"], "why": metrics[-1]["precision_why"],
-                           "answer_logits_only": metrics[-1]["answer_logits_only"], "generation": summary["generation_dtype"]}
+                           "answer_logits_only": metrics[-1]["answer_logits_only"],
+                           "attention": metrics[-1]["attention"], "generation": summary["generation_dtype"]}
                           if metrics else None),
             "data": {"source": plan.source, "train_examples": len(plan.train), "val_examples": len(plan.val),
                      "references": "teacher-written, cached" if "teacher-written" in plan.source else "from the data file"},

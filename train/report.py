@@ -104,7 +104,8 @@ def _markdown(r: dict) -> str:
         f"- **Training:** {r.get('steps')} steps in {_num(r.get('seconds'), 1)} s, {_num(r.get('tokens_per_s'), 1)} tokens/s; "
         f"{_num(100 * r['padding_share'] if r.get('padding_share') is not None else None, 1)}% of the micro-batches' positions padding",
         f"- **Precision:** {(r.get('precision') or {}).get('dtype', '-')} ({(r.get('precision') or {}).get('why', '-')}); "
-        f"logits {'at answer positions only' if (r.get('precision') or {}).get('answer_logits_only') else 'at every position'}"
+        f"logits {'at answer positions only' if (r.get('precision') or {}).get('answer_logits_only') else 'at every position'}; "
+        f"{(r.get('precision') or {}).get('attention', '-')} attention"
         f"{_generation_dtype((r.get('precision') or {}).get('generation'))}",
         *_resolved_line(r.get("resolved")),
         f"- **Data:** {data.get('source')}: {data.get('train_examples')} training and {data.get('val_examples')} held-out examples",

@@ -28,6 +28,7 @@ from studyhall.config import Config
 from studyhall.threads import trainer_threads
 from studyhall.unlikelihood import OWN_GREEDY
 from train.answer_logits import AnswerLogitsLM
+from train.attention import choose as choose_attention
 from train.cores import NodeCores
 from train.objective import Cross, answer_loss, collate, micro_batches, with_own_greedy
 from train.phases import PhaseTimer
@@ -48,6 +49,15 @@ class WorkerArgs:
     student_dir: str  # where rank 0 saves the HF student
     cross: Cross | None = None  # the teacher's and student's tokenizers differ (train/objective.Cross)
     resume_from: str | None = None  # a checkpoint folder from --resume
+
+
+def trainer_student(cfg: Config, device: torch.device, use_gpu: bool) -> AnswerLogitsLM:
+    """The student as the trainer steps it: fp32 weights (DeepSpeed keeps the masters and casts for bf16
+    itself; CPU autocast casts per op), train.attention's kernel, logits at answer positions only."""
+    model = load_model(dataclasses.replace(cfg.student, dtype="float32"), device).train()
+    model.config.use_cache = False
+    model.set_attn_implementation(choose_attention(cfg.train.attention, use_gpu))
+    return AnswerLogitsLM(model, enabled=cfg.train.answer_logits)
 
 
 def deepspeed_config(t, world: int, bf16: bool) -> dict:
@@ -174,14 +184,11 @@ def _train(args: WorkerArgs) -> None:
     torch.manual_seed(cfg.seed + rank)
     precision = resolve_precision(t.precision, use_gpu)
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
-    # fp32 weights: DeepSpeed keeps the masters and casts for bf16 itself; CPU autocast casts per op.
-    model = load_model(dataclasses.replace(cfg.student, dtype="float32"), device).train()
-    model.config.use_cache = False
-    student = AnswerLogitsLM(model, enabled=t.answer_logits)
+    student = trainer_student(cfg, device, use_gpu)
     engine, _, _, scheduler = deepspeed.initialize(model=student, model_parameters=[p for p in student.parameters() if p.requires_grad],
                                                    config=deepspeed_config(t, world, precision.deepspeed_bf16), dist_init_required=False)
     how = {"precision": precision.dtype, "precision_how": precision.how, "precision_why": precision.why,
-           "answer_logits_only": student.split}
+           "answer_logits_only": student.split, "attention": student.lm.config._attn_implementation}
 
     wire_dtype = getattr(torch, _from_rollout(rollout.weights_dtype.remote()))
     step, replaced = _resume(engine, rollout, rank, t.zero_stage, args.resume_from, wire_dtype)

@@ -2,10 +2,9 @@
 same batches, same loss and optimizer settings, measured inside one Ray Train worker in one run.
 
 Both loops step the student as the distillation trainer does: its thread count (studyhall.threads),
-train.precision and the LM head on answer positions only (train.answer_logits). The DeepSpeed loop's
+train.precision, train.attention and the LM head on answer positions only (train.answer_logits). The DeepSpeed loop's
 forward and backward seconds per step are the isolated counterpart of `bench distill`'s
 forward_backward phase, which runs beside the generation actors."""
-import dataclasses
 import json
 import os
 import tempfile
@@ -17,15 +16,14 @@ import torch
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from actors.models import load_model, model_config
+from actors.models import model_config
 from studyhall.config import Config, load_config
 from studyhall.record import Record
 from studyhall.threads import trainer_threads
-from train.answer_logits import AnswerLogitsLM
 from train.methods import loss_for
 from train.objective import answer_loss, collate
 from train.precision import resolve as resolve_precision
-from train.train_loop import deepspeed_config, skip_shm_build
+from train.train_loop import deepspeed_config, skip_shm_build, trainer_student
 
 WARMUP_STEPS = 2
 
@@ -60,7 +58,7 @@ def _bench_worker(config: dict) -> None:
 
     def fresh_model():
         torch.manual_seed(0)
-        return AnswerLogitsLM(load_model(dataclasses.replace(cfg.student, dtype="float32"), cpu).train(), t.answer_logits)
+        return trainer_student(cfg, cpu, use_gpu=False)
 
     def loss_of(model, b):
         with precision.forward_context(cpu):

@@ -4,8 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from studyhall.config import load_config
+from studyhall.record import Record
 
 ANSWERS = [
     ("Name a primary color.", "Red is a primary color."),
@@ -52,3 +54,15 @@ def assert_a_complete_two_step_report(out_dir, method: str) -> dict:
     if method in ("kd", "sft"):
         assert reuse["reused_positions"] == 0
     return saved
+
+
+def scored_records(vocab: int, seed: int = 0, k: int = 5) -> list[Record]:
+    """Three records of unequal prompt and answer lengths, so rows pad differently, with top-k teacher log-probs."""
+    g = torch.Generator().manual_seed(seed)
+    records = []
+    for prompt_len, answer_len in ((7, 5), (3, 9), (11, 2)):  # unequal, so rows are padded differently
+        logp = torch.log_softmax(torch.randn(answer_len, vocab, generator=g), -1).topk(k, -1)
+        records.append(Record("p", torch.randint(1, vocab, (prompt_len,), generator=g).tolist(),
+                              torch.randint(1, vocab, (answer_len,), generator=g).tolist(),
+                              teacher_topk_ids=logp.indices.tolist(), teacher_topk_logprobs=logp.values.tolist()))
+    return records

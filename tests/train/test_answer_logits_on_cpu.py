@@ -2,10 +2,10 @@
 full-logits path (fp32, tiny model), and the precision train.precision=auto picks from what the device reports."""
 import pytest
 import torch
+from distill_helpers import scored_records as _records
 
 from actors.models import load_model
 from studyhall.config import ModelConfig
-from studyhall.record import Record
 from train.answer_logits import AnswerLogitsLM, head_matches_forward
 from train.objective import answer_loss, collate, distill_loss, micro_batches
 from train.precision import choose, cpu_flags
@@ -13,17 +13,6 @@ from train.precision import choose, cpu_flags
 # fp32 sums over the answer rows alone against sums over every row: the same values, other rounding
 LOSS_TOL = dict(rel=1e-5, abs=1e-6)
 GRAD_TOL = dict(rtol=1e-4, atol=1e-6)
-
-
-def _records(vocab: int, seed: int = 0, k: int = 5) -> list[Record]:
-    g = torch.Generator().manual_seed(seed)
-    records = []
-    for prompt_len, answer_len in ((7, 5), (3, 9), (11, 2)):  # unequal, so rows are padded differently
-        logp = torch.log_softmax(torch.randn(answer_len, vocab, generator=g), -1).topk(k, -1)
-        records.append(Record("p", torch.randint(1, vocab, (prompt_len,), generator=g).tolist(),
-                              torch.randint(1, vocab, (answer_len,), generator=g).tolist(),
-                              teacher_topk_ids=logp.indices.tolist(), teacher_topk_logprobs=logp.values.tolist()))
-    return records
 
 
 def _grads(model) -> dict:
