@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointUploadMode
 
 from actors.models import load_model, load_tokenizer
 from actors.weights import pack
@@ -29,6 +27,7 @@ from studyhall.threads import trainer_threads
 from studyhall.unlikelihood import OWN_GREEDY
 from train.answer_logits import AnswerLogitsLM
 from train.attention import choose as choose_attention
+from train.checkpoint_target import checkpoint_target
 from train.cores import NodeCores
 from train.objective import Cross, answer_loss, collate, micro_batches, with_own_greedy
 from train.phases import PhaseTimer
@@ -313,16 +312,15 @@ def _val_loss(engine, args: WorkerArgs, precision, loss: str) -> float:
 
 
 def _report_with_checkpoint(engine, metrics: dict, rank: int) -> None:
-    """Each rank writes its DeepSpeed shard; Ray Train gathers them into one checkpoint. The copy into
-    storage (model and optimizer states, ~1 GB for the embedded student) runs in Ray Train's background
-    thread while the next step trains; Ray deletes the local folder once it is committed, and a failure
-    before that restarts from the checkpoint before it."""
-    folder = tempfile.mkdtemp(prefix="studyhall-ckpt-")
+    """Each rank writes its DeepSpeed shard into one folder (train/checkpoint_target.py: the run's own
+    storage when it is a local path, else a temporary folder Ray Train uploads in the background);
+    rank 0's progress file goes in last. A failure before Ray Train registers it restarts from the
+    checkpoint before it."""
+    folder, upload = checkpoint_target(ray.train.get_context().get_storage(), metrics["step"])
     engine.save_checkpoint(folder, tag=DS_TAG)
     if rank == 0:
         Path(folder, PROGRESS_FILE).write_text(json.dumps({"step": metrics["step"], "loss": metrics["loss"]}))
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                     checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_upload_mode=upload)
 
 
 def _resume(engine, rollout, rank: int, zero_stage: int, resume_from: str | None, wire_dtype: torch.dtype) -> tuple[int, bool]:
