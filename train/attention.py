@@ -5,9 +5,6 @@ micro-batch (8 rows of 108 tokens, bf16 autocast, one thread) its backward took 
 backward, and the same step with eager attention (matmuls and a softmax) took 1.94 s. On a GPU the fused kernels
 are the fast ones, and eager's L x L scores cost memory, so `auto` keeps sdpa there.
 """
-CHOICES = ("auto", "eager", "sdpa")
-
-
 def choose(setting: str, on_gpu: bool) -> str:
     """The HF attn_implementation for train.attention=`setting` on this device."""
     if setting != "auto":
