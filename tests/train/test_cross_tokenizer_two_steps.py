@@ -23,7 +23,7 @@ def other_student(tmp_path_factory):
 @pytest.mark.parametrize("method,cross_loss,unlikelihood", [("kd", "hybrid", 0), ("gkd", "hybrid", 1), ("kd", "uld", 0)])
 def test_two_steps_across_tokenizers(method, cross_loss, unlikelihood, dolly_file, other_student, tmp_path):
     folder, student_tok = other_student
-    cfg = _cfg(dolly_file, f"method={method}", "steps=2", "checkpoint_every=2", "gkd_lambda=0.5", "lr=2e-4", f"student.path={folder}",
+    cfg = _cfg(dolly_file, f"method={method}", "steps=2", "checkpoint_every=2", "gkd_lambda=0.5", "lr=1e-3", f"student.path={folder}",
                f"cross_loss={cross_loss}", f"unlikelihood={unlikelihood}")
     run_distill(cfg, str(tmp_path), progress=False)
     saved = json.loads((tmp_path / "report.json").read_text())
