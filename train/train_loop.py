@@ -312,9 +312,9 @@ def _val_loss(engine, args: WorkerArgs, precision, loss: str) -> float:
 
 
 def _report_with_checkpoint(engine, metrics: dict, rank: int) -> None:
-    """Each rank writes its DeepSpeed shard into one folder (train/checkpoint_target.py: the run's own
-    storage when it is a local path, else a temporary folder Ray Train uploads in the background);
-    rank 0's progress file goes in last. A failure before Ray Train registers it restarts from the
+    """Each rank writes its DeepSpeed shard (train/checkpoint_target.py: all into one folder of the run's
+    own storage when it is a local path, else each into a temporary folder Ray Train uploads in the
+    background); rank 0's progress file goes in last. A failure before Ray Train registers it restarts from the
     checkpoint before it."""
     folder, upload = checkpoint_target(ray.train.get_context().get_storage(), metrics["step"])
     engine.save_checkpoint(folder, tag=DS_TAG)
