@@ -14,7 +14,7 @@ from cluster.generate import GenerationFailed, generate
 from studyhall.config import load_config
 from studyhall.distill_math import divergence_logprobs
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 PROMPTS = 12
 COMMON = ["max_new_tokens=32", "tau0=0.3", "lam=0.05", "teacher_topk=5", "max_restarts=2"]

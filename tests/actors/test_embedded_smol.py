@@ -14,7 +14,7 @@ from cluster.generate import generate
 from studyhall.config import load_config
 from studyhall.prompts import embedded_messages
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_embedded_teacher_converts_once_and_reloads_fast():

@@ -10,8 +10,6 @@ from actors.pair import start_pair, stop_pair
 from cluster.generate import GenerationFailed, generate
 from studyhall.config import load_config
 
-pytestmark = pytest.mark.timeout(300)
-
 
 def test_failure_mid_run_keeps_finished_sequences(ray_local, tmp_path):
     cfg = load_config("tiny", ["max_new_tokens=24", "batch_size=2", "pipeline_groups=1"])

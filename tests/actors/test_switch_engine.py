@@ -13,8 +13,6 @@ from studyhall.config import load_config
 from studyhall.distill_math import divergence_logprobs, js
 from studyhall.engine_settings import engine_settings
 
-pytestmark = pytest.mark.timeout(300)
-
 
 @pytest.fixture(scope="module")
 def pair(ray_local):

@@ -20,7 +20,7 @@ from studyhall.distill_math import divergence_logprobs, js
 from studyhall.engine_settings import engine_settings
 from studyhall.prompts import PromptItem
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 N = 1200
 TAU = 0.13  # below the divergence at the prompt (0.137): position 0 is the teacher's, drawn by coupling
 ALPHA = 1e-3

@@ -10,7 +10,7 @@ from cluster.cli import main
 from studyhall.config import ModelConfig
 from train.phases import PHASES
 
-pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(600), pytest.mark.slow]
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 
 def test_bench_distill_writes_the_breakdown_of_each_setting(tmp_path, capsys):

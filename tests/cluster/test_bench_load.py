@@ -9,7 +9,7 @@ from cluster.bench.open_loop import held
 from cluster.bench.served_app import free_port
 from cluster.cli import main
 
-pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 # Fractions of a CPU, so the app fits the session's 2-CPU Ray; short answers both models write (k=3 of 8).
 SMALL = ["serve.guide.num_cpus=0.25", "serve.complete.num_cpus=0.25", "serve.default_max_tokens=8", "serve.guidance_tokens=3",
          "serve.guide.path=tiny:teacher"]  # the cheaper tiny teacher: a smoke test of the bench, not a measurement

@@ -5,7 +5,7 @@ import pytest
 
 from cluster.bench.switch import run_bench
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_bench_switch_writes_all_figures(ray_local, tmp_path):

@@ -11,7 +11,6 @@ from studyhall.threads import trainer_threads
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 
-@pytest.mark.timeout(300)
 def test_bench_train_reports_the_trainers_setting_and_its_forward_backward(tmp_path):
     overrides = ["train.precision=fp32", "global_batch=4", "micro_batch=2"]
     result = run_bench("tiny", str(tmp_path / "train.json"), 1, overrides)

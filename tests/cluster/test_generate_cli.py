@@ -9,7 +9,6 @@ import pytest
 
 from cluster.cli import main
 
-pytestmark = pytest.mark.timeout(300)
 STUDYHALL = str(Path(sys.executable).with_name("studyhall"))
 
 
@@ -28,7 +27,7 @@ def test_generate_end_to_end_with_summary(tmp_path):
     out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
     proc = subprocess.run([STUDYHALL, "generate", "--preset", "tiny", "--prompts", str(prompts), "--out", str(out),
                            "--summary", str(summary), "max_new_tokens=12", "tau0=0.3", "lam=0.1"],
-                          capture_output=True, text=True, timeout=240, env=os.environ.copy())
+                          capture_output=True, text=True, timeout=540, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "teacher share" in proc.stdout and "tokens/s" in proc.stdout and "teacher calls/token" in proc.stdout
     assert "switch:" in proc.stderr  # the progress bar

@@ -102,7 +102,6 @@ def status(head: LocalHead, job_id: str, timeout=240) -> str:
     return "still not finished"
 
 
-@pytest.mark.timeout(600)
 def test_generate_job_round_trip_on_a_local_head(tmp_path):
     out = tmp_path / "switch.jsonl"
     head = LocalHead(tmp_path)

@@ -88,12 +88,11 @@ def scenario() -> dict:
 @pytest.fixture(scope="module")
 def seen(tmp_path_factory):
     out = tmp_path_factory.mktemp("placement") / "seen.json"
-    run = subprocess.run([sys.executable, __file__, str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    run = subprocess.run([sys.executable, __file__, str(out)], cwd=ROOT, capture_output=True, text=True, timeout=540)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(out.read_text())
 
 
-@pytest.mark.timeout(300)
 def test_teacher_and_student_land_on_their_own_gpu_nodes(seen):
     teacher, student = seen["spread"]
     assert teacher["node"] == seen["teacher_node"] and student["node"] == seen["student_node"]
@@ -108,14 +107,12 @@ def test_teacher_and_student_land_on_their_own_gpu_nodes(seen):
     assert seen["free_after_stop"]["teacher_gpu"] == 1 and seen["free_after_stop"]["GPU"] == 2
 
 
-@pytest.mark.timeout(300)
 def test_fractional_gpus_colocate_on_one_node(seen):
     teacher, student = seen["colocated"]
     assert teacher["node"] == student["node"] == seen["teacher_node"]
     assert teacher["assigned_resources"]["GPU"] == student["assigned_resources"]["GPU"] == 0.5
 
 
-@pytest.mark.timeout(300)
 @pytest.mark.parametrize("case, message", [
     ("too_many_gpus", "teacher asks for 4.0 GPU but the Ray cluster has 2.0"),
     ("gpus_not_on_one_node", "GPU: 2} on one node, but no node has that much GPU"),
@@ -128,7 +125,6 @@ def test_asking_for_what_the_cluster_lacks_fails_fast(seen, case, message):
     assert seen[case]["seconds"] < 5  # fail fast: no placement wait (the timeout is 60 s)
 
 
-@pytest.mark.timeout(300)
 def test_a_group_that_cannot_be_placed_times_out_and_is_removed(seen):
     error = seen["busy"]["error"]
     assert "teacher and student could not be placed within 3 s (placement_strategy=PACK)" in error

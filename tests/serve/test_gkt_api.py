@@ -7,7 +7,6 @@ import openai
 import pytest
 from gkt_helpers import MODEL, http, start_app
 
-pytestmark = pytest.mark.timeout(300)
 KEY = "test-key-123"
 EXACT = {"ignore_eos": True}  # answers of exactly max_tokens, so token counts are known
 

@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM
 
 from actors.models import load_tokenizer
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def other_student(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bpe_student")

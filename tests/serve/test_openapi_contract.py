@@ -15,7 +15,7 @@ import schemathesis
 from gkt_helpers import MODEL, http, start_app
 from schemathesis.engine import Status, StopReason, events, from_schema
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 KEY = "contract-key"
 SEED = 11  # with deterministic generation, the cases do not depend on it; kept fixed so nothing random can creep in
 LIMIT = 4  # serve.max_tokens_limit: every max_tokens and guidance_tokens the schema allows is cheap

@@ -19,7 +19,6 @@ def other_student(tmp_path_factory):
     return folder, build_other_student(folder)
 
 
-@pytest.mark.timeout(240)
 @pytest.mark.parametrize("method,cross_loss,unlikelihood", [("kd", "hybrid", 0), ("gkd", "hybrid", 1), ("kd", "uld", 0)])
 def test_two_steps_across_tokenizers(method, cross_loss, unlikelihood, dolly_file, other_student, tmp_path):
     folder, student_tok = other_student

@@ -16,7 +16,7 @@ from distill_helpers import _cfg
 from train.distill import TrainingFailed, latest_checkpoint, run_distill
 from train.train_loop import PROGRESS_FILE
 
-pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(600), pytest.mark.slow]
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 
 def _our_processes(title: str) -> list[psutil.Process]:

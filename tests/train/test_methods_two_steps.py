@@ -9,7 +9,6 @@ from train.distill import run_distill
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 
-@pytest.mark.timeout(240)
 # skd and adaswitch make switch's records and loss through their own engine mode: their plans and engine
 # settings are tested in test_methods_on_cpu.py, their engines on real actors in test_switch_engine.py.
 # sft and kd run as the two stages of test_warm_start.py, which holds both to these same checks.
@@ -31,7 +30,6 @@ def test_every_method_runs_two_steps(method, dolly_file, tmp_path):
     assert report["files"]["md"].endswith("report.md")
 
 
-@pytest.mark.timeout(240)
 def test_non_finite_loss_stops_with_a_clear_message(dolly_file, tmp_path, capsys):
     code = main(["distill", "--preset", "tiny", "--out", str(tmp_path), "--no-progress", f"data={dolly_file}", "val_size=2",
                  "answer_tokens=8", "method=sft", "steps=4", "checkpoint_every=1", "lr=1e30", "grad_clip=0", "lr_schedule=constant"])

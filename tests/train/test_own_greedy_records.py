@@ -12,7 +12,7 @@ from studyhall.unlikelihood import OWN_GREEDY
 from train.data import Example, prompt_token_ids
 from train.records import RecordMaker
 
-pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(300)]
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 QUESTIONS = ["Name a river in Europe.", "Why is the sky blue? Explain briefly.", "Hi"]
 

@@ -14,7 +14,6 @@ from train.distill import run_distill
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 
-@pytest.mark.timeout(420)
 def test_the_method_starts_from_the_warm_stage_and_its_greedy_answers_are_generate(dolly_file, tmp_path):
     cfg = _cfg(dolly_file, "warm_start=sft", "warm_steps=2", "warm_lr=0.001", "method=kd", "steps=2", "checkpoint_every=2")
     report = run_distill(cfg, str(tmp_path), progress=False)

@@ -104,7 +104,6 @@ def test_a_packet_that_does_not_fit_writes_nothing(spoil):
     assert digest(model.state_dict()) == before
 
 
-@pytest.mark.timeout(240)
 def test_pushed_weights_change_what_the_generation_actor_samples():
     cfg = load_config("tiny", ["answer_tokens=12"])
     val = _examples()[:3]
@@ -125,7 +124,6 @@ def test_pushed_weights_change_what_the_generation_actor_samples():
         assert texts() == original
 
 
-@pytest.mark.timeout(240)
 def test_a_failed_push_leaves_the_generation_actor_as_it_was():
     cfg = load_config("tiny", ["answer_tokens=12"])
     with _rollout(cfg, [], _examples()) as rollout:
@@ -148,7 +146,6 @@ class _Trainer:
         push(rollout, pack(state, step))
 
 
-@pytest.mark.timeout(240)
 def test_a_student_restarted_between_batches_takes_the_weights_of_a_trainer_that_has_ended():
     cfg = load_config("tiny", ["answer_tokens=12"])
     val = _examples()[:3]
@@ -175,7 +172,6 @@ def _greedy_gkd(steps):
                                 "micro_batch=2", f"steps={steps}", "max_staleness=1"])
 
 
-@pytest.mark.timeout(300)
 def test_a_push_during_a_batch_made_ahead_waits_for_the_next_batch():
     train = _examples()
     runs = {}
