@@ -157,6 +157,8 @@ class TrainConfig:
     checkpoint_every: int = 10  # steps between DeepSpeed checkpoints (ray.train.report): what a worker failure can redo
     max_failures: int = 2  # Ray Train restarts of the worker group, each from the last checkpoint; 0 = none
     gkd_lambda: float = 0.5  # gkd: probability that an example is a fresh student sample
+    # switch, skd, adaswitch: probability that an example trains on the teacher-scored ground truth instead of a rollout
+    switch_data_share: float = 0.0
     distillm_p_init: float = 0.0  # distillm: starting probability of student samples
     distillm_p_step: float = 0.1  # ... raised by this when the validation loss rises
     distillm_p_max: float = 0.8  # ... up to this
@@ -373,6 +375,7 @@ def _train_checks(t: TrainConfig) -> list:
         (t.push_every >= 1 and t.checkpoint_every >= 1 and t.val_every >= 1, "train.push_every, checkpoint_every and val_every must be >= 1"),
         (t.max_staleness >= 0, f"train.max_staleness={t.max_staleness}: must be >= 0 (0 = generate each batch after the previous step's push)"),
         (0 <= t.gkd_lambda <= 1, f"train.gkd_lambda={t.gkd_lambda}: must be in [0, 1]"),
+        (0 <= t.switch_data_share < 1, f"train.switch_data_share={t.switch_data_share}: must be in [0, 1); 1 is method=kd"),
         (0 <= t.distillm_p_init <= t.distillm_p_max <= 1, "train.distillm_p_init <= distillm_p_max must lie in [0, 1]"),
         (t.replay_size >= 1 and t.val_size >= 1 and t.eval_samples >= 1, "train.replay_size, val_size and eval_samples must be >= 1"),
         (t.warm_start in ("", *METHODS), f"train.warm_start={t.warm_start!r}: choose empty (none) or one of {', '.join(METHODS)}"),

@@ -11,6 +11,7 @@ comes from (a Need); train/records.py makes the records. The loss is chosen apar
 | distillm | student samples with a probability raised whenever validation loss rises,    | skew_fkl     |
 |          | half of them replayed from a buffer; the rest ground truth                   |              |
 | switch   | the SWITCH engine: the teacher takes tokens where the two diverge past tau_t | skew_fkl     |
+|          | (train.switch_data_share of them: the teacher-scored ground truth instead)   |              |
 | adaswitch| the same engine with AdaSwitch's gate: the student writes until a divergence | skew_fkl     |
 |          | exceeds K x its recent mean, then the teacher writes the rest                |              |
 """
@@ -104,10 +105,18 @@ class SeqKD(Method):
 
 
 class Switch(Method):
+    """The engine's rollout for each example; with train.switch_data_share, that share of them (drawn
+    per example, seeded per step) trains on the teacher-scored data instead, as GKD's lambda and
+    DistiLLM's ground-truth share mix fixed answers into on-policy ones."""
     source = "switch"
 
     def plan(self, step, n):
-        return [Need(self.source, self.examples(step, n))]
+        examples = self.examples(step, n)
+        rng = random.Random(self.seed(step))
+        data = [rng.random() < self.cfg.train.switch_data_share for _ in examples]
+        rollout = [e for e, d in zip(examples, data) if not d]
+        fixed = [e for e, d in zip(examples, data) if d]
+        return [need for need in (Need(self.source, rollout), Need("scored_data", fixed)) if need.examples]
 
 
 class SKD(Switch):

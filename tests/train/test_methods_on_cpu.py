@@ -125,3 +125,27 @@ def test_each_engine_source_runs_the_engine_in_its_own_mode():
     assert (got["student"].writer, got["student"].mode, got["student"].divergence) == ("student", "block", "js")
     assert (got["teacher"].writer, got["teacher"].mode, got["teacher"].divergence) == ("teacher", "block", "js")
     assert not got["student"].one_token_rounds() and not got["teacher"].one_token_rounds()
+
+
+@pytest.mark.parametrize("name", ["switch", "skd", "adaswitch"])
+def test_engine_methods_train_switch_data_share_of_their_examples_on_scored_data(name):
+    engine_source = METHOD_CLASSES[name].source
+    assert {r["source"] for r in batch(_method(name), 1)[1]} == {engine_source}  # the default: every example a rollout
+    method = _method(name, "switch_data_share=0.25")
+    steps = [batch(method, step, n=8) for step in range(1, 126)]
+    sources = [r["source"] for _, records in steps for r in records]
+    share = sources.count("scored_data") / len(sources)
+    assert set(sources) == {engine_source, "scored_data"}
+    assert 0.2 < share < 0.3, share  # 1000 Bernoulli(0.25) draws: 0.05 is over 3.6 standard deviations
+    for step, (needs, records) in enumerate(steps, start=1):  # each of the step's examples once, from one source
+        assert sorted(r["prompt_id"] for r in records) == sorted(e.id for e in method.examples(step, 8))
+    again = _method(name, "switch_data_share=0.25")
+    assert [batch(again, step, n=8)[1] for step in (1, 2)] == [steps[0][1], steps[1][1]]
+
+
+@pytest.mark.parametrize("share", ["1.0", "-0.1"])
+def test_a_switch_data_share_outside_0_1_is_refused_by_name(share):
+    from studyhall.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"train.switch_data_share={float(share)}"):
+        load_config("tiny", [f"switch_data_share={share}"])
