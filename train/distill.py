@@ -155,13 +155,14 @@ def stages(cfg: Config, warm_dir: Path) -> tuple[Config, Config]:
 
 # The SWITCH gate's settings: only the engine methods' records depend on them (evaluation fixes its own).
 GATE_KEYS = ("writer", "divergence", "schedule", "tau0", "lam", "skd_top_k", "adaptive_k", "adaptive_window")
+GATE_TRAIN_KEYS = ("switch_data_share",)  # the train settings that only the engine methods read
 GATED_METHODS = ("switch", "skd", "adaswitch")
 
 
 def reusable_stage(stage_dir: Path, cfg: Config) -> dict | None:
     """The report of a finished stage in stage_dir that ran this config (and saved its student), or
     None. For a method that does not run the SWITCH gate, the gate's settings do not count: a warm
-    kd stage is the same whatever tau0 the method after it uses."""
+    kd stage is the same whatever tau0 or switch_data_share the method after it uses."""
     try:
         report = json.loads((stage_dir / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -173,7 +174,8 @@ def reusable_stage(stage_dir: Path, cfg: Config) -> dict | None:
 def _what_counts(config: dict) -> dict:
     if (config.get("train") or {}).get("method") in GATED_METHODS:
         return config
-    return {**config, "switch": {k: v for k, v in (config.get("switch") or {}).items() if k not in GATE_KEYS}}
+    return {**config, "switch": {k: v for k, v in (config.get("switch") or {}).items() if k not in GATE_KEYS},
+            "train": {k: v for k, v in (config.get("train") or {}).items() if k not in GATE_TRAIN_KEYS}}
 
 
 def warm_start_summary(warm: dict, after: dict, seed: int) -> dict:

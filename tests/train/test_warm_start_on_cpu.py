@@ -43,6 +43,11 @@ def test_a_finished_warm_stage_of_the_same_config_is_reused_and_another_is_not(t
     # the method's SWITCH gate does not change an sft stage; the evaluation's seed does
     assert reusable_stage(tmp_path, stages(load_config("tiny", ["warm_start=sft", "warm_steps=2", "tau0=0.1"]), tmp_path)[0])
     assert reusable_stage(tmp_path, stages(load_config("tiny", ["warm_start=sft", "warm_steps=2", "writer=teacher"]), tmp_path)[0])
+    assert reusable_stage(tmp_path, stages(load_config("tiny", ["warm_start=sft", "warm_steps=2", "switch_data_share=0.5"]), tmp_path)[0])
+    without = {**config, "train": {k: v for k, v in config["train"].items() if k != "switch_data_share"}}
+    (tmp_path / "report.json").write_text(json.dumps({"config": without, "method": "sft"}))
+    assert reusable_stage(tmp_path, warm)["method"] == "sft"  # a stage written before the setting existed
+    (tmp_path / "report.json").write_text(json.dumps({"config": config, "method": "sft"}))
     assert reusable_stage(tmp_path, stages(load_config("tiny", ["warm_start=sft", "warm_steps=2", "seed=5"]), tmp_path)[0]) is None
     (tmp_path / "report.json").write_text("{not json")
     assert reusable_stage(tmp_path, warm) is None
