@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from train.methods import METHOD_CLASSES, Switch
 from train.phases import PHASES
 from train.scoring import BETTER, METRICS, bucket_start, labels
 
@@ -94,13 +95,22 @@ def _interval(entry: dict, digits: int) -> str:
 
 # Markdown
 
+def _data_share(r: dict) -> str:
+    """What part of an engine method's examples trained on the teacher-scored data instead of a rollout."""
+    share = ((r.get("config") or {}).get("train") or {}).get("switch_data_share") or 0
+    method = METHOD_CLASSES.get(r.get("method"))
+    if not share or method is None or not issubclass(method, Switch):
+        return ""
+    return f"; {share:.0%} of each step's examples from the teacher-scored data instead of a rollout (`train.switch_data_share`)"
+
+
 def _markdown(r: dict) -> str:
     data, staleness = r.get("data") or {}, r.get("staleness_steps") or {}
     curve = r.get("loss_curve") or []
     lines = [
         f"# Distillation report: {r.get('method')}",
         "",
-        f"- **Method:** `{r.get('method')}`, preset `{r.get('preset')}`",
+        f"- **Method:** `{r.get('method')}`, preset `{r.get('preset')}`{_data_share(r)}",
         f"- **Training:** {r.get('steps')} steps in {_num(r.get('seconds'), 1)} s, {_num(r.get('tokens_per_s'), 1)} tokens/s; "
         f"{_num(100 * r['padding_share'] if r.get('padding_share') is not None else None, 1)}% of the micro-batches' positions padding",
         f"- **Precision:** {(r.get('precision') or {}).get('dtype', '-')} ({(r.get('precision') or {}).get('why', '-')}); "

@@ -95,6 +95,16 @@ def test_methods_without_interventions_still_get_every_plot(tmp_path, method):
     assert "no teacher interventions for this method" in md and "no steps recorded" in md
 
 
+@pytest.mark.parametrize("method, share, said", [("switch", 0.25, True), ("adaswitch", 0.5, True), ("switch", 0.0, False),
+                                                 ("kd", 0.25, False)])
+def test_the_method_line_says_what_share_of_an_engine_methods_examples_was_data(tmp_path, method, share, said):
+    report = make_report(method=method)
+    report["config"]["train"]["switch_data_share"] = share
+    line = next(line for line in Path(write_report(tmp_path, report)["md"]).read_text().splitlines() if line.startswith("- **Method:**"))
+    assert (f"{share:.0%} of each step's examples from the teacher-scored data instead of a rollout" in line) == said
+    assert line.startswith(f"- **Method:** `{method}`, preset `tiny`")
+
+
 def test_quality_table(tmp_path):
     report = make_report()
     report.update(method="switch", steps=40, train_tokens=20480, tokens_per_s=180.04)
