@@ -22,7 +22,7 @@ from studyhall.threads import trainer_threads
 from train.bootstrap import compare
 from train.cross_vocab import VocabBridge, pair_bridge, refuse_token_by_token
 from train.data import examples_digest, load_examples, prompt_token_ids, references_cache_path, split_validation
-from train.methods import loss_for
+from train.methods import ENGINE_METHODS, loss_for
 from train.objective import Cross
 from train.phases import postfix, steady_state
 from train.report import headline, write_report
@@ -156,7 +156,6 @@ def stages(cfg: Config, warm_dir: Path) -> tuple[Config, Config]:
 # The SWITCH gate's settings: only the engine methods' records depend on them (evaluation fixes its own).
 GATE_KEYS = ("writer", "divergence", "schedule", "tau0", "lam", "skd_top_k", "adaptive_k", "adaptive_window")
 GATE_TRAIN_KEYS = ("switch_data_share",)  # the train settings that only the engine methods read
-GATED_METHODS = ("switch", "skd", "adaswitch")
 
 
 def reusable_stage(stage_dir: Path, cfg: Config) -> dict | None:
@@ -172,7 +171,7 @@ def reusable_stage(stage_dir: Path, cfg: Config) -> dict | None:
 
 
 def _what_counts(config: dict) -> dict:
-    if (config.get("train") or {}).get("method") in GATED_METHODS:
+    if (config.get("train") or {}).get("method") in ENGINE_METHODS:
         return config
     return {**config, "switch": {k: v for k, v in (config.get("switch") or {}).items() if k not in GATE_KEYS},
             "train": {k: v for k, v in (config.get("train") or {}).items() if k not in GATE_TRAIN_KEYS}}

@@ -113,10 +113,7 @@ class Switch(Method):
     def plan(self, step, n):
         examples = self.examples(step, n)
         rng = random.Random(self.seed(step))
-        data = [rng.random() < self.cfg.train.switch_data_share for _ in examples]
-        rollout = [e for e, d in zip(examples, data) if not d]
-        fixed = [e for e, d in zip(examples, data) if d]
-        return [need for need in (Need(self.source, rollout), Need("scored_data", fixed)) if need.examples]
+        return _mix(examples, [rng.random() >= self.cfg.train.switch_data_share for _ in examples], self.source)
 
 
 class SKD(Switch):
@@ -171,15 +168,18 @@ class DistiLLM(Method):
         return {"p_student": round(self.p, 3), "raised_at_steps": self.raised_at, "replay_buffer": len(self.buffer)}
 
 
-def _mix(examples, on_policy) -> list[Need]:
-    """Student samples where on_policy, teacher-scored ground truth elsewhere."""
-    student = [e for e, s in zip(examples, on_policy) if s]
+def _mix(examples, on_policy, source: str = "student") -> list[Need]:
+    """Records from `source` (student samples, or an engine's rollouts) where on_policy, teacher-scored
+    ground truth elsewhere."""
+    rollouts = [e for e, s in zip(examples, on_policy) if s]
     data = [e for e, s in zip(examples, on_policy) if not s]
-    return [need for need in (Need("student", student), Need("scored_data", data)) if need.examples]
+    return [need for need in (Need(source, rollouts), Need("scored_data", data)) if need.examples]
 
 
 METHOD_CLASSES = {"sft": SFT, "kd": KD, "seqkd": SeqKD, "gkd": GKD, "skd": SKD, "distillm": DistiLLM, "switch": Switch,
                  "adaswitch": AdaSwitch}
+# The methods whose records come from the SWITCH engine: they alone read its gate and train.switch_data_share.
+ENGINE_METHODS = tuple(name for name, cls in METHOD_CLASSES.items() if issubclass(cls, Switch))
 
 
 def make_method(cfg, train: list) -> Method:

@@ -11,7 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from train.methods import METHOD_CLASSES, Switch
+from train.methods import ENGINE_METHODS
 from train.phases import PHASES
 from train.scoring import BETTER, METRICS, bucket_start, labels
 
@@ -98,8 +98,7 @@ def _interval(entry: dict, digits: int) -> str:
 def _data_share(r: dict) -> str:
     """What part of an engine method's examples trained on the teacher-scored data instead of a rollout."""
     share = ((r.get("config") or {}).get("train") or {}).get("switch_data_share") or 0
-    method = METHOD_CLASSES.get(r.get("method"))
-    if not share or method is None or not issubclass(method, Switch):
+    if not share or r.get("method") not in ENGINE_METHODS:
         return ""
     return f"; {share:.0%} of each step's examples from the teacher-scored data instead of a rollout (`train.switch_data_share`)"
 
