@@ -181,6 +181,10 @@ class TrainConfig:
     unlikelihood: float = 0.0
     warm_unlikelihood: float = 0.0  # the same weight in the warm_start stage (train.unlikelihood is the method's); 0 = off
     unlikelihood_ngram: int = 4  # n of those repeated token n-grams
+    # The teacher also scores those greedy answers, and the method's distillation loss reads them too: where the term
+    # pushes a looping token down, the teacher says where its probability goes (one teacher pass per step; token-level
+    # losses only, as sft's cross-entropy would train on the loops)
+    unlikelihood_teacher: bool = False
     # A teacher and student with different tokenizers (kd, gkd, distillm; train/cross_vocab.py): the loss is GOLD's
     # hybrid, the method's divergence over the tokens whose text both vocabularies share plus this weight x ULD's
     # sorted-probability distance (Boizard et al., arXiv 2402.12030) over the teacher's other top-k tokens

@@ -49,9 +49,10 @@ class MicroBatch:
         return torch.nn.functional.pad(self.read_positions, (0, 1), value=False)
 
 
-def collate(records: list[Record], pad_id: int, with_teacher: bool, repeat_ngram: int = 4) -> MicroBatch:
-    """Records of source OWN_GREEDY become unlikelihood rows: no distillation loss, their repeated
-    token n-grams (n = repeat_ngram) marked in `repeats`. Every other record is a distillation row,
+def collate(records: list[Record], pad_id: int, with_teacher: bool, repeat_ngram: int = 4, distill_own: bool = False) -> MicroBatch:
+    """Records of source OWN_GREEDY become unlikelihood rows: their repeated token n-grams (n =
+    repeat_ngram) marked in `repeats`, and no distillation loss unless `distill_own`
+    (train.unlikelihood_teacher: the teacher scored them). Every other record is a distillation row,
     over the answer positions its `aligned` marks where it has them (a cross-tokenizer record)."""
     width = max(r.length for r in records)
     b = len(records)
@@ -71,7 +72,8 @@ def collate(records: list[Record], pad_id: int, with_teacher: bool, repeat_ngram
         answer = slice(p - 1, p + n - 1)  # position i predicts token i + 1
         if is_own:
             repeats[row, answer] = torch.tensor(repeat_marks(r.token_ids, r.from_teacher or None, repeat_ngram), dtype=torch.bool)
-            continue
+            if not (distill_own and with_teacher):
+                continue
         loss_mask[row, answer] = torch.tensor(r.aligned, dtype=torch.bool) if r.aligned is not None else True
         if with_teacher:
             t_ids[row, answer] = torch.tensor(r.teacher_topk_ids, dtype=torch.long)

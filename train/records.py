@@ -1,7 +1,7 @@
 """The record factory: one record per example, made by the SWITCH engine, by one model writing alone
 (across tokenizers, and the student's greedy answers for the unlikelihood term), or from a reference
 answer, each with what the loss reads at every answer position: the teacher's log-prob of the actual
-token and its top-k (none for the unlikelihood term's answers, which it does not read).
+token and its top-k (none for the unlikelihood term's answers unless train.unlikelihood_teacher).
 
 The teacher's log-probs come from generation wherever the teacher already scored the position
 (SWITCH, SKD, student samples) and from one plain teacher pass only where it did not (reference
@@ -21,7 +21,7 @@ from studyhall.record import Record
 from studyhall.unlikelihood import OWN_GREEDY
 from train.cross_vocab import CrossPair
 from train.data import Example, load_references, prompt_token_ids, render_prompt, save_references
-from train.methods import Need
+from train.methods import Need, loss_for
 
 # What each kind of sample a method asks for changes in the run's engine settings. One model writes
 # every token of "student" and "teacher": the other scores each, so the records carry the teacher's
@@ -55,6 +55,8 @@ class RecordMaker:
         self.references_path = references_path
         self.references = dict(load_references(references_path) or {}) if references_path else {}
         self.references.update({e.id: e.response for e in examples if e.response is not None})
+        # train.unlikelihood_teacher: the teacher scores the student's greedy answers, for a loss that reads it (not sft's)
+        self.score_own_greedy = cfg.train.unlikelihood_teacher and loss_for(cfg.train.method, cfg.train.loss) != "ce"
         # the run's settings outside training batches: rescoring, and what a restarted actor is configured with
         self.settings = sample_settings(cfg, "switch", cfg.seed)
         # the autos as resolved for training batches: one pipeline group where the trainer shares the cores
@@ -108,11 +110,14 @@ class RecordMaker:
 
     def own_greedy_records(self, examples: list[Example], settings: SwitchConfig, training_batch: bool) -> list[Record]:
         """The student's greedy answers, written by the student alone (HF `generate` on its actor, with
-        its KV cache): the unlikelihood term reads only their tokens, so the teacher neither drafts,
-        scores nor waits for them, and no SWITCH round runs per token."""
+        its KV cache): the teacher neither drafts nor waits for them, and no SWITCH round runs per token.
+        The teacher scores them in one pass only with train.unlikelihood_teacher."""
         prompts = [prompt_token_ids(self.tokenizer, e) for e in examples]
         answers = self.written_alone(lambda: answer_alone(self.revival, self.student, prompts, sorted(self.eos), settings), training_batch)
-        return [Record(e.id, p, ids, OWN_GREEDY, from_teacher=[False] * len(ids)) for e, p, ids in zip(examples, prompts, answers)]
+        records = [Record(e.id, p, ids, OWN_GREEDY, from_teacher=[False] * len(ids)) for e, p, ids in zip(examples, prompts, answers)]
+        if self.score_own_greedy:  # the distillation loss reads them too
+            self.teacher_pass(records, count=training_batch)
+        return records
 
     def cross_records(self, kind: str, examples: list[Example], settings: SwitchConfig, training_batch: bool) -> list[Record]:
         """run_engine's records for a pair whose tokenizers differ: one model writes alone, then the
@@ -124,7 +129,7 @@ class RecordMaker:
         # one model wrote every token: the unlikelihood term reads who (studyhall/unlikelihood.repeat_marks)
         records = [Record(e.id, prompt_token_ids(self.tokenizer, e), ids, kind, from_teacher=[writer == "teacher"] * len(ids))
                    for e, ids in zip(examples, answers)]
-        if kind != OWN_GREEDY:  # the unlikelihood reads no teacher log-probs; across tokenizers every other record has a pass
+        if kind != OWN_GREEDY or self.score_own_greedy:  # across tokenizers every record the loss reads has a pass
             self.teacher_pass(records, count=training_batch, settings=settings)
         return records
 

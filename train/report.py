@@ -423,7 +423,8 @@ def _unlikelihood_lines(curve: list[dict], train: dict) -> list[str]:
     first, last = curve[0], curve[-1]
     return [f"- **Unlikelihood:** weight {train['unlikelihood']} on the tokens of the student's own greedy answers in a "
             f"repeated {train.get('unlikelihood_ngram')}-gram: {first.get('repeats', 0)} such tokens at step {first['step']}, "
-            f"{last.get('repeats', 0)} at step {last['step']} (rank 0's share of the step's answers)"]
+            f"{last.get('repeats', 0)} at step {last['step']} (rank 0's share of the step's answers)"
+            + ("; the teacher scored those answers and the distillation loss read them too" if train.get("unlikelihood_teacher") else "")]
 
 
 def _held_out_kl(kl: dict) -> str:

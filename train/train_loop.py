@@ -200,6 +200,7 @@ def _train(args: WorkerArgs) -> None:
         if rank == 0:
             rollout.log_val_kl.remote("start", step, kl_start)
     with_teacher = args.loss != "ce"
+    distill_own = t.unlikelihood_teacher  # the teacher scored the greedy answers too (RecordMaker.own_greedy_records)
     started, trained_tokens, run_positions = time.perf_counter(), 0, 0
     timer = PhaseTimer(node=NodeCores() if rank == 0 else None)  # rank 0 reports the phases
     while step < t.steps:
@@ -210,7 +211,7 @@ def _train(args: WorkerArgs) -> None:
         distill_records = [r for r in records if r.source != OWN_GREEDY]
         for part in with_own_greedy(micro_batches(distill_records, t.micro_batch, t.group_by_length), records):
             with timer("forward_backward"):
-                batch = _to(collate(part, pad_id, with_teacher, t.unlikelihood_ngram), engine.device)
+                batch = _to(collate(part, pad_id, with_teacher, t.unlikelihood_ngram, distill_own), engine.device)
                 loss = answer_loss(_forward(engine, batch, precision), batch, args.loss, t.beta, t.alpha, t.loss_temperature,
                                    t.unlikelihood, args.cross)
             if not _all_finite(loss):

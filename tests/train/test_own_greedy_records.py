@@ -1,6 +1,7 @@
 """The unlikelihood term's records (OWN_GREEDY) on real Ray actors with the tiny preset: the student
 writes them alone, they equal its own generate(do_sample=False) up to its first end of turn, they
-carry no teacher scores, and they count as training-batch generation outside the SWITCH groups."""
+carry no teacher scores (unless train.unlikelihood_teacher, and then a plain teacher pass's), and they
+count as training-batch generation outside the SWITCH groups."""
 import pytest
 import torch
 
@@ -47,5 +48,30 @@ def test_own_greedy_records_are_the_students_generate_with_no_teacher_scores():
         assert maker.counts["generated_tokens"] == sum(len(r.token_ids) for r in records)
         assert maker.counts["generation_seconds"] > 0
         assert maker.batch_rows_by_group == {}  # no SWITCH pipeline group made them
+    finally:
+        stop_pair(teacher, student)
+
+
+@pytest.mark.parametrize("method, scored", [("switch", True), ("sft", False)])
+def test_with_unlikelihood_teacher_the_greedy_answers_carry_a_plain_teacher_pass(method, scored):
+    """The same answers, scored exactly as a plain teacher pass scores them, for a method whose loss
+    reads the teacher; sft's cross-entropy reads none, so its are not scored."""
+    cfg = load_config("tiny", ["answer_tokens=8", f"method={method}", "unlikelihood_teacher=true"])
+    teacher, student = start_pair(cfg)
+    try:
+        tokenizer = load_tokenizer(cfg.student.path)
+        eos = eos_ids(tokenizer, cfg.teacher.path) | eos_ids(tokenizer, cfg.student.path)
+        examples = [Example(f"q{i}", [{"role": "user", "content": q}], None) for i, q in enumerate(QUESTIONS)]
+        maker = RecordMaker(cfg, tokenizer, teacher, student, Revival.for_pair(teacher, student, cfg), eos, examples, None, None)
+        records = maker.run_engine(OWN_GREEDY, examples, seed=0)
+        if not scored:
+            assert all(r.teacher_topk_ids == [] for r in records) and maker.counts["extra_pass_positions"] == 0
+            return
+        plain, _ = maker.score_with_teacher(records)
+        for record, expected in zip(records, plain):
+            assert len(record.teacher_topk_ids) == len(record.token_ids) == len(expected["teacher_topk_ids"])
+            assert record.teacher_topk_ids == expected["teacher_topk_ids"]
+            assert record.teacher_topk_logprobs == expected["teacher_topk_logprobs"]
+        assert maker.counts["extra_pass_positions"] == sum(len(r.token_ids) for r in records)
     finally:
         stop_pair(teacher, student)

@@ -201,4 +201,7 @@ def test_report_shows_the_unlikelihood_terms_positions_first_and_last_only_when_
     report["config"]["train"] |= {"unlikelihood": 1.0, "unlikelihood_ngram": 4}
     md = Path(write_report(tmp_path / "on", report)["md"]).read_text()
     assert ("- **Unlikelihood:** weight 1.0 on the tokens of the student's own greedy answers in a repeated 4-gram: "
-            "40 such tokens at step 1, 7 at step 12 (rank 0's share of the step's answers)") in md
+            "40 such tokens at step 1, 7 at step 12 (rank 0's share of the step's answers)\n") in md
+    report["config"]["train"] |= {"unlikelihood_teacher": True}
+    md = Path(write_report(tmp_path / "scored", report)["md"]).read_text()
+    assert "(rank 0's share of the step's answers); the teacher scored those answers and the distillation loss read them too" in md

@@ -49,6 +49,25 @@ def test_the_method_rows_keep_their_exact_loss_and_the_unlikelihood_is_added_wit
         distill_loss(full, joined, "fkl", 0.5, 0.1, 1.0, 0.5).item(), rel=1e-6)
 
 
+def test_with_the_teacher_scores_own_rows_are_distilled_too_and_the_term_still_added():
+    """train.unlikelihood_teacher: the own rows' answer positions join the distillation loss, their
+    marks stay, and the loss is the method's over both kinds of row plus the weighted term."""
+    method, own = _record([1, 2, 3, 4]), _record([1, 2, 1, 2, 3], source=OWN_GREEDY, prompt=(5, 6))
+    batch = collate([method, own], 0, True, repeat_ngram=1, distill_own=True)
+    assert batch.loss_mask.tolist() == [[False, False, True, True, True, True], [False, True, True, True, True, True]]
+    assert batch.repeats.tolist() == [[False] * 6, [False, False, False, True, True, False]]
+    assert batch.teacher_ids[1, 1:].tolist() == own.teacher_topk_ids
+    # as distillation rows alone, the two give the same distillation loss; the term is added on top
+    as_method = collate([method, _record([1, 2, 1, 2, 3], prompt=(5, 6))], 0, True)
+    full = torch.randn(*batch.input_ids.shape, 9)
+    marked_logp = torch.log_softmax(full[:, :-1][batch.repeats], -1).gather(-1, batch.targets[batch.repeats][:, None])[:, 0]
+    expected_ul = -torch.log1p(-marked_logp.exp()).sum() / 5
+    assert distill_loss(full, batch, "skew_fkl", 0.5, 0.1, 1.0, unlikelihood=2.0).item() == pytest.approx(
+        distill_loss(full, as_method, "skew_fkl", 0.5, 0.1, 1.0).item() + 2.0 * expected_ul.item(), rel=1e-6)
+    # cross-entropy methods (sft) never train on the student's own greedy answers
+    assert not collate([method, own], 0, False, repeat_ngram=1, distill_own=True).loss_mask[1].any()
+
+
 def test_own_greedy_records_spread_over_the_methods_micro_batches():
     method = [_record([i + 1]) for i in range(8)]
     own = [_record([i + 1], source=OWN_GREEDY) for i in range(8)]
