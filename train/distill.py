@@ -217,6 +217,11 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
             teacher = teacher_yardstick(rollout, plan.val)
             say(f"  before: {headline(before)}")
 
+        writing = time.perf_counter()  # before the trainer shares the cores: the answers the steps read that the cache lacks
+        written = ray.get(rollout.write_references.remote())
+        if written:
+            say(f"the teacher wrote {written} training answers into the cache ({time.perf_counter() - writing:.0f} s)")
+
         use_gpu = t.gpus_per_worker > 0
         resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
         trainer = TorchTrainer(

@@ -27,6 +27,7 @@ NEEDS_SHARED_VOCAB = {"kd", "gkd", "skd", "distillm", "switch", "adaswitch"}  # 
 # teacher's log-probs from one plain teacher pass; the others: the SWITCH engine in that mode
 # (train.records.SAMPLE_KINDS), whose records come with the teacher's log-probs already.
 SOURCES = ("data", "scored_data", "student", "teacher", "switch", "skd", "adaswitch")
+DATA_SOURCES = ("data", "scored_data")  # the records that train on the data's (or the teacher's cached) answers
 # (train.unlikelihood adds the rollout's own source, studyhall.unlikelihood.OWN_GREEDY, to every method's steps.)
 
 
@@ -65,6 +66,11 @@ class Method:
         """What step `step`'s batch of `n` needs, made in this order (no empty Need)."""
         raise NotImplementedError
 
+    def data_examples(self, step: int, n: int) -> list:
+        """The examples of step `step` whose data answers (a reference) its batch may read: the rollout
+        has the teacher write the missing ones for every step before training, in one pass."""
+        return [e for need in self.plan(step, n) if need.source in DATA_SOURCES for e in need.examples]
+
     def assemble(self, needs: list[Need], made: list[list[dict]]) -> list[dict]:
         """The batch, from the records made for each Need (made[i] for needs[i], in its examples' order)."""
         return [r for records in made for r in records]
@@ -92,6 +98,9 @@ class SeqKD(Method):
         super().__init__(cfg, train)
         self.answers: dict[str, dict] = {}
         self.batch: list = []
+
+    def data_examples(self, step, n):
+        return []  # the teacher's own samples, never the data's answers
 
     def plan(self, step, n):
         self.batch = self.examples(step, n)
@@ -143,6 +152,9 @@ class DistiLLM(Method):
         self.replayed: list = []  # studyhall.record.Record
         self.last_val: float | None = None
         self.raised_at: list[int] = []
+
+    def data_examples(self, step, n):
+        return self.examples(step, n)  # which are data depends on p, which the validation loss moves
 
     def plan(self, step, n):
         examples = self.examples(step, n)

@@ -148,15 +148,17 @@ class RecordMaker:
         return ids + [self.tokenizer.eos_token_id]
 
     def reference(self, examples: list[Example]) -> list[str]:
-        """Reference answers; ones the data lacks are written by the teacher once and cached on disk."""
+        """Reference answers; ones the data lacks are written by the teacher once (HF `generate` on its
+        actor, T=0.7, top-p 0.9) and cached on disk."""
         missing = [e for e in examples if e.id not in self.references]
         if missing:
             settings = sample_settings(self.cfg, "teacher", self.cfg.seed, sample=True, temperature=0.7, top_p=0.9)  # a good answer, whatever switch.sample says
             if self.cross:  # the teacher's whole answer, not its cut to the student's answer budget
                 texts = [self.cross.text("teacher", a) for a in self.cross.write("teacher", missing, settings)]
-            else:
-                texts = [self.tokenizer.decode(r.token_ids, skip_special_tokens=True).strip()
-                         for r in self.run_engine("teacher", missing, 0, settings)]
+            else:  # the teacher alone: a reference keeps only its text, so the student scores none of it
+                prompts = [prompt_token_ids(self.tokenizer, e) for e in missing]
+                texts = [self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                         for ids in answer_alone(self.revival, self.teacher, prompts, sorted(self.eos), settings)]
             self.references.update({e.id: text for e, text in zip(missing, texts)})
             if self.references_path:
                 save_references(self.references_path, self.references)

@@ -106,6 +106,19 @@ class Rollout:
         self.generation_seconds[step] = time.perf_counter() - started
         return records
 
+    @with_models
+    def write_references(self) -> int:
+        """Before the first step, the teacher's answers that any step's batch may read and the cache
+        lacks (Method.data_examples), in one pass while no trainer shares the cores, instead of a
+        batch's worth beside the trainer at every step. How many it wrote."""
+        n, seen = self.cfg.train.global_batch, {}
+        for step in range(1, self.cfg.train.steps + 1):
+            seen.update((e.id, e) for e in self.method.data_examples(step, n))
+        missing = [e for e in seen.values() if e.id not in self.records.references]
+        if missing:
+            self.records.reference(missing)
+        return len(missing)
+
     def trainer_started(self, step: int) -> bool:
         """A worker group starts at `step`. True when it replaces one that failed (this rollout
         already served it steps): the steps past `step` are redone and their metrics dropped."""

@@ -149,3 +149,24 @@ def test_a_switch_data_share_outside_0_1_is_refused_by_name(share):
 
     with pytest.raises(ConfigError, match=f"train.switch_data_share={float(share)}"):
         load_config("tiny", [f"switch_data_share={share}"])
+
+
+@pytest.mark.parametrize("name, overrides", [("sft", []), ("kd", []), ("gkd", ["gkd_lambda=0.5"]), ("switch", ["switch_data_share=0.4"]),
+                                             ("skd", []), ("seqkd", []), ("distillm", ["distillm_p_init=0.5"])])
+def test_data_examples_cover_every_data_record_a_step_asks_for_and_change_no_plan(name, overrides):
+    """What the rollout has the teacher write before training (Rollout.write_references): every example
+    a step's batch reads from the data, none it does not where the plan is fixed ahead (all but
+    distillm, whose p the validation loss moves), and asking changes none of the steps' plans."""
+    ahead, plain = _method(name, *overrides), _method(name, *overrides)
+    for step in range(1, 8):
+        wanted = [e.id for e in ahead.data_examples(step, 5)]
+        needs, _ = batch(ahead, step)
+        assert needs == batch(plain, step)[0]
+        read = [e.id for need in needs if need.source in ("data", "scored_data") for e in need.examples]
+        assert set(read) <= set(wanted)
+        if name == "distillm":
+            assert wanted == [e.id for e in ahead.examples(step, 5)]
+        else:
+            assert wanted == read
+    if name in ("switch", "gkd"):  # a mix: some steps read data, and not every example
+        assert 0 < sum(len(ahead.data_examples(s, 5)) for s in range(1, 8)) < 35
