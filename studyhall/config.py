@@ -183,7 +183,7 @@ class TrainConfig:
     unlikelihood_ngram: int = 4  # n of those repeated token n-grams
     # The teacher also scores those greedy answers, and the method's distillation loss reads them too: where the term
     # pushes a looping token down, the teacher says where its probability goes (one teacher pass per step; token-level
-    # losses only, as sft's cross-entropy would train on the loops)
+    # losses only, as sft's cross-entropy would train on the loops; the method's stage, not the warm_start stage)
     unlikelihood_teacher: bool = False
     # A teacher and student with different tokenizers (kd, gkd, distillm; train/cross_vocab.py): the loss is GOLD's
     # hybrid, the method's divergence over the tokens whose text both vocabularies share plus this weight x ULD's

@@ -147,7 +147,7 @@ def stages(cfg: Config, warm_dir: Path) -> tuple[Config, Config]:
     t = cfg.train
     warm = dataclasses.replace(t, method=t.warm_start, loss="auto", steps=t.warm_steps, lr=t.warm_lr or t.lr,
                                warmup_steps=min(t.warmup_steps, t.warm_steps - 1), unlikelihood=t.warm_unlikelihood,
-                               warm_start="", warm_steps=0, warm_lr=0.0, warm_unlikelihood=0.0)
+                               unlikelihood_teacher=False, warm_start="", warm_steps=0, warm_lr=0.0, warm_unlikelihood=0.0)
     method = dataclasses.replace(t, warm_start="", warm_steps=0, warm_lr=0.0, warm_unlikelihood=0.0)
     student = dataclasses.replace(cfg.student, path=str(warm_dir / "student"))
     return dataclasses.replace(cfg, train=warm), dataclasses.replace(cfg, student=student, train=method)

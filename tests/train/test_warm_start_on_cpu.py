@@ -29,6 +29,12 @@ def test_each_stage_has_its_own_unlikelihood_weight(tmp_path):
     assert (warm.train.unlikelihood, method.train.unlikelihood) == (0.0, 0.5)  # warm_unlikelihood=0: off in the warm stage
 
 
+def test_the_teacher_scores_the_greedy_answers_in_the_methods_stage_only(tmp_path):
+    cfg = load_config("tiny", ["warm_start=kd", "warm_steps=2", "warm_unlikelihood=1.0", "unlikelihood=2.0", "unlikelihood_teacher=true"])
+    warm, method = stages(cfg, tmp_path)
+    assert (warm.train.unlikelihood_teacher, method.train.unlikelihood_teacher) == (False, True)
+
+
 def test_a_finished_warm_stage_of_the_same_config_is_reused_and_another_is_not(tmp_path):
     cfg = load_config("tiny", ["warm_start=sft", "warm_steps=2"])
     warm, _ = stages(cfg, tmp_path)
