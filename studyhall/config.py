@@ -144,6 +144,9 @@ class TrainConfig:
     # the trainer's attention kernel: auto = eager on the CPU, whose fused (sdpa) backward is slow at these lengths, sdpa on a
     # GPU | eager | sdpa (train/attention.py); the generation actors keep the model's own
     attention: str = "auto"
+    # the training workers' glibc malloc keeps freed memory for the next micro-batch instead of unmapping it and
+    # page-faulting it back in (train/allocator.py: GLIBC_TUNABLES in the workers' environment); false = glibc's defaults
+    keep_freed_memory: bool = True
     answer_logits: bool = True  # the student's LM head runs on the answer positions only (train/answer_logits.py); false = every position
     # a step's records go into micro-batches in order of length, so rows of like length pad each other little (HF's
     # group_by_length); off: on the demo it cuts the padding but not the step, which generation bounds (docs/benchmarks.md)

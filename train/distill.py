@@ -19,6 +19,7 @@ from actors.models import eos_ids
 from actors.pair import check_pair, release_group
 from studyhall.config import Config, ConfigError
 from studyhall.threads import trainer_threads
+from train.allocator import worker_env
 from train.bootstrap import compare
 from train.cross_vocab import VocabBridge, pair_bridge, refuse_token_by_token
 from train.data import examples_digest, load_examples, prompt_token_ids, references_cache_path, split_validation
@@ -234,7 +235,8 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
             # A failed worker group is replaced and restarts from the last checkpoint (train_loop._resume).
             run_config=RunConfig(name="distill", storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2),
-                                 failure_config=FailureConfig(max_failures=t.max_failures)),
+                                 failure_config=FailureConfig(max_failures=t.max_failures),
+                                 worker_runtime_env={"env_vars": worker_env(t.keep_freed_memory)}),
         )
         error = _fit_with_progress(trainer, rollout, t.steps, progress) or _stop_reason(rollout)
         if error is not None:
@@ -261,7 +263,8 @@ def run_stage(cfg: Config, out_dir: str, resume: bool = False, progress: bool = 
             "seconds": round(time.perf_counter() - started, 1),
             "precision": ({"dtype": metrics[-1]["precision"], "how": metrics[-1]["precision_how"], "why": metrics[-1]["precision_why"],
                            "answer_logits_only": metrics[-1]["answer_logits_only"],
-                           "attention": metrics[-1]["attention"], "generation": summary["generation_dtype"]}
+                           "attention": metrics[-1]["attention"], "generation": summary["generation_dtype"],
+                           "malloc": metrics[-1]["malloc"]}
                           if metrics else None),
             "data": {"source": plan.source, "train_examples": len(plan.train), "val_examples": len(plan.val),
                      "references": "teacher-written, cached" if "teacher-written" in plan.source else "from the data file"},

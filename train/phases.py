@@ -18,6 +18,7 @@ forward-backward slower beside the generation actors than alone either waits for
 seconds stay as alone; the share of its wall it ran falls) or runs slower on one (memory bandwidth,
 caches: its CPU seconds grow). The two call for different fixes.
 """
+import resource
 import time
 from contextlib import contextmanager
 
@@ -29,30 +30,39 @@ SHORT = {"generation": "gen", "waiting": "wait", "forward_backward": "fwd_bwd", 
 
 
 class PhaseTimer:
-    """Seconds per phase for the step in progress, wall and the process's CPU; `take()` hands them over
-    and starts the next step. `node`: what reads the node's cores (train/cores.NodeCores), or None."""
+    """Seconds per phase for the step in progress, wall and the process's CPU, and the process's page faults
+    (each a fresh page the kernel zeroes: train/allocator.py); `take()` hands them over and starts the next
+    step. `node`: what reads the node's cores (train/cores.NodeCores), or None."""
 
-    def __init__(self, clock=time.perf_counter, cpu_clock=time.process_time, node: NodeCores | None = None):
+    def __init__(self, clock=time.perf_counter, cpu_clock=time.process_time, faults=None, node: NodeCores | None = None):
         self.clock, self.cpu_clock, self.node = clock, cpu_clock, node
+        self.faults = faults or minor_faults
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.cpu = dict.fromkeys(PHASES, 0.0)
+        self.faulted = dict.fromkeys(PHASES, 0)
 
     @contextmanager
     def __call__(self, phase: str):
-        started, cpu_started = self.clock(), self.cpu_clock()
+        started, cpu_started, faults_started = self.clock(), self.cpu_clock(), self.faults()
         try:
             yield
         finally:
             self.seconds[phase] += self.clock() - started
             self.cpu[phase] += self.cpu_clock() - cpu_started
+            self.faulted[phase] += self.faults() - faults_started
 
     def take(self) -> dict:
         """The step's wall seconds per phase, and under `cores` this process's CPU seconds per phase and
         (with a node reader) where the node's cores went since the last take."""
-        taken, cpu = self.seconds, self.cpu
-        self.seconds, self.cpu = dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0.0)
-        cores = {"cpu": {k: round(v, 4) for k, v in cpu.items()}, **(self.node.take() if self.node else {})}
+        taken, cpu, faulted = self.seconds, self.cpu, self.faulted
+        self.seconds, self.cpu, self.faulted = dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0)
+        cores = {"cpu": {k: round(v, 4) for k, v in cpu.items()}, "page_faults": faulted, **(self.node.take() if self.node else {})}
         return {**{k: round(v, 4) for k, v in taken.items()}, "cores": cores}
+
+
+def minor_faults() -> int:
+    """This process's page faults served without I/O so far: mostly fresh pages for new allocations."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def split_wait(phases: dict, generation_s: float) -> dict:
@@ -84,6 +94,8 @@ def steady_cores(steps: list[dict], mean_wall: dict) -> dict | None:
 
     cpu = {p: mean(c["cpu"][p] for c in cores) for p in PHASES}
     steady = {"trainer_cpu": cpu,
+              **({"trainer_page_faults": {p: round(mean(c["page_faults"][p] for c in cores)) for p in PHASES}}
+                 if all("page_faults" in c for c in cores) else {}),
               "forward_backward_cpu_per_wall": round(cpu["forward_backward"] / mean_wall["forward_backward"], 3) if mean_wall["forward_backward"] else None}
     if all("cpu_by_role" in c for c in cores):
         roles = sorted({r for c in cores for r in c["cpu_by_role"]})

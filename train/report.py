@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from train.allocator import KEEP_FREED
 from train.methods import ENGINE_METHODS
 from train.phases import PHASES
 from train.scoring import BETTER, METRICS, bucket_start, labels
@@ -103,6 +104,14 @@ def _data_share(r: dict) -> str:
     return f"; {share:.0%} of each step's examples from the teacher-scored data instead of a rollout (`train.switch_data_share`)"
 
 
+def _malloc(tunables: str | None) -> str:
+    """The trainer's malloc, from the GLIBC_TUNABLES its worker started with (train/allocator.py)."""
+    if tunables is None:  # a report from before the setting
+        return ""
+    kept = KEEP_FREED in tunables
+    return f"; the trainer's malloc {'keeps freed memory for reuse' if kept else 'returns freed memory to the kernel'} (train.keep_freed_memory)"
+
+
 def _markdown(r: dict) -> str:
     data, staleness = r.get("data") or {}, r.get("staleness_steps") or {}
     curve = r.get("loss_curve") or []
@@ -115,7 +124,7 @@ def _markdown(r: dict) -> str:
         f"- **Precision:** {(r.get('precision') or {}).get('dtype', '-')} ({(r.get('precision') or {}).get('why', '-')}); "
         f"logits {'at answer positions only' if (r.get('precision') or {}).get('answer_logits_only') else 'at every position'}; "
         f"{(r.get('precision') or {}).get('attention', '-')} attention"
-        f"{_generation_dtype((r.get('precision') or {}).get('generation'))}",
+        f"{_generation_dtype((r.get('precision') or {}).get('generation'))}{_malloc((r.get('precision') or {}).get('malloc'))}",
         *_resolved_line(r.get("resolved")),
         f"- **Data:** {data.get('source')}: {data.get('train_examples')} training and {data.get('val_examples')} held-out examples",
         f"- **References:** {data.get('references')}",

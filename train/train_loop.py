@@ -187,7 +187,8 @@ def _train(args: WorkerArgs) -> None:
     engine, _, _, scheduler = deepspeed.initialize(model=student, model_parameters=[p for p in student.parameters() if p.requires_grad],
                                                    config=deepspeed_config(t, world, precision.deepspeed_bf16), dist_init_required=False)
     how = {"precision": precision.dtype, "precision_how": precision.how, "precision_why": precision.why,
-           "answer_logits_only": student.split, "attention": student.lm.config._attn_implementation}
+           "answer_logits_only": student.split, "attention": student.lm.config._attn_implementation,
+           "malloc": os.environ.get("GLIBC_TUNABLES", "")}  # as this worker process started with it (train/allocator.py)
 
     wire_dtype = getattr(torch, _from_rollout(rollout.weights_dtype.remote()))
     step, replaced = _resume(engine, rollout, rank, t.zero_stage, args.resume_from, wire_dtype)

@@ -57,6 +57,8 @@ def markdown(result: dict) -> str:
     cores = [r["phases"].get("cores") or {} for r in runs]  # {} for a report from before the CPU clocks
     lines.append("| trainer CPU s in forward_backward (per wall s) | " + " | ".join(
         f"{c['trainer_cpu']['forward_backward']:.3f} ({c['forward_backward_cpu_per_wall']})" if c else "-" for c in cores) + " |")
+    lines.append("| trainer page faults in forward_backward | " + " | ".join(
+        f"{c['trainer_page_faults']['forward_backward']}" if "trainer_page_faults" in c else "-" for c in cores) + " |")
     lines.append("| node cores busy over the step | " + " | ".join(
         f"{c['node_busy_share']:.0%}" if "node_busy_share" in c else "-" for c in cores) + " |")
     for role in sorted({role for c in cores for role in c.get("cpu_by_role", {})}):

@@ -9,6 +9,7 @@ from distill_helpers import ANSWERS, _cfg
 
 from cluster.cli import main
 from studyhall.distill_math import kl
+from train.allocator import worker_env
 from train.data import load_examples, prompt_token_ids, split_validation
 from train.distill import run_distill
 from train.phases import PHASES
@@ -71,6 +72,14 @@ def test_the_report_breaks_each_step_into_phases(zero2_run):
     assert "| forward_backward |" in Path(report["files"]["md"]).read_text()
     # the eight answers differ in length, so micro-batches of four pad their shorter rows
     assert 0 < report["padding_share"] < 1 and "of the micro-batches' positions padding" in Path(report["files"]["md"]).read_text()
+
+
+def test_the_workers_start_with_the_malloc_tunables_and_count_their_page_faults(zero2_run):
+    """The environment reached the Ray Train worker processes (each reads its own at the start of training)."""
+    _, report = zero2_run
+    assert report["precision"]["malloc"] == worker_env(True)["GLIBC_TUNABLES"]
+    assert set(report["phases"]["steady_state"]["cores"]["trainer_page_faults"]) == set(PHASES)
+    assert report["phases"]["per_step"][0]["cores"]["page_faults"]["forward_backward"] > 0  # the first step maps its buffers
 
 
 def _full_vocab_kl(student_path: str, data: str, cfg) -> dict:

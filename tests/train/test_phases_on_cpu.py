@@ -19,7 +19,8 @@ class Proc:
 def test_timer_adds_up_each_phase_wall_and_cpu_and_starts_afresh():
     clock = iter([0.0, 0.25, 1.0, 1.5, 2.0, 2.125])  # fixed clocks: the sums are exact, not timed
     cpu_clock = iter([0.0, 0.125, 1.0, 1.25, 2.0, 2.0625])  # the trainer on a core half the time
-    timer = PhaseTimer(clock=lambda: next(clock), cpu_clock=lambda: next(cpu_clock))
+    faults = iter([100, 150, 150, 250, 250, 251])  # the process's page-fault count at each clock read
+    timer = PhaseTimer(clock=lambda: next(clock), cpu_clock=lambda: next(cpu_clock), faults=lambda: next(faults))
     for _ in range(2):
         with timer("forward_backward"):
             pass
@@ -28,9 +29,11 @@ def test_timer_adds_up_each_phase_wall_and_cpu_and_starts_afresh():
     taken = timer.take()
     assert set(taken) == {*PHASES, "cores"}
     assert taken["forward_backward"] == 0.75 and taken["optimizer"] == 0.125 and taken["waiting"] == 0
-    assert taken["cores"] == {"cpu": {**dict.fromkeys(PHASES, 0.0), "forward_backward": 0.375, "optimizer": 0.0625}}
+    assert taken["cores"] == {"cpu": {**dict.fromkeys(PHASES, 0.0), "forward_backward": 0.375, "optimizer": 0.0625},
+                              "page_faults": {**dict.fromkeys(PHASES, 0), "forward_backward": 150, "optimizer": 1}}
     again = timer.take()
     assert sum(again[p] for p in PHASES) == 0 and sum(again["cores"]["cpu"].values()) == 0
+    assert sum(again["cores"]["page_faults"].values()) == 0
 
 
 def test_node_cores_by_role_since_the_last_take():
@@ -84,9 +87,11 @@ def test_steady_state_leaves_out_the_first_step():
     assert steady["cores"] is None  # steps without the CPU clocks
     cpu = [{**dict.fromkeys(PHASES, 0.0), "forward_backward": c} for c in (3.0, 5.0)]
     roles = ({"trainer": 3.5, "teacher": 6.0}, {"trainer": 5.5, "teacher": 4.0, "other": 1.0})
-    timed = steady_state([first, *[{**p, "forward_backward": 8.0, "cores": {"cpu": c, "node_busy_share": b, "cpu_by_role": r}}
-                                   for p, c, b, r in zip(later, cpu, (0.9, 1.0), roles)]])
+    faults = [{**dict.fromkeys(PHASES, 0), "forward_backward": f} for f in (1000, 2000)]
+    timed = steady_state([first, *[{**p, "forward_backward": 8.0, "cores": {"cpu": c, "page_faults": f, "node_busy_share": b, "cpu_by_role": r}}
+                                   for p, c, f, b, r in zip(later, cpu, faults, (0.9, 1.0), roles)]])
     assert timed["cores"]["trainer_cpu"]["forward_backward"] == 4.0 and timed["cores"]["forward_backward_cpu_per_wall"] == 0.5
+    assert timed["cores"]["trainer_page_faults"] == {**dict.fromkeys(PHASES, 0), "forward_backward": 1500}
     assert timed["cores"]["node_busy_share"] == 0.95 and timed["cores"]["cpu_by_role"] == {"other": 0.5, "teacher": 5.0, "trainer": 4.5}
     text = "".join(phase_table(timed))
     assert "ran 4.000 CPU seconds per step in forward_backward (0.50 CPU seconds per wall second)." in text
@@ -112,7 +117,9 @@ def test_bench_settings_and_table():
     assert "| generation (tokens, s, SWITCH pipeline groups) | 684, 45.6, 1 |" in table
     assert "| trainer CPU s in forward_backward (per wall s) | - |" in table  # a report from before the CPU clocks
     cored = {**run, "phases": {**steady, "cores": {"trainer_cpu": {"forward_backward": 0.6}, "forward_backward_cpu_per_wall": 0.6,
+                                                    "trainer_page_faults": {"forward_backward": 41234},
                                                     "node_busy_share": 0.984, "cpu_by_role": {"teacher": 4.25, "trainer": 0.75}}}}
     table = markdown({"method": "gkd", "preset": "smol", "runs": [run, cored]})
     assert "| trainer CPU s in forward_backward (per wall s) | - | 0.600 (0.6) |" in table and "| node cores busy over the step | - | 98% |" in table
+    assert "| trainer page faults in forward_backward | - | 41234 |" in table
     assert "| CPU s per step: teacher | - | 4.250 |" in table and "| CPU s per step: trainer | - | 0.750 |" in table

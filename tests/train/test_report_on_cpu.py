@@ -7,6 +7,7 @@ import matplotlib.image as mpimg
 import pytest
 
 from cluster.bench.quality import _row
+from train.allocator import KEEP_FREED
 from train.bootstrap import compare
 from train.report import headline, write_quality_table, write_report
 from train.scoring import labels, summarize
@@ -205,3 +206,15 @@ def test_report_shows_the_unlikelihood_terms_positions_first_and_last_only_when_
     report["config"]["train"] |= {"unlikelihood_teacher": True}
     md = Path(write_report(tmp_path / "scored", report)["md"]).read_text()
     assert "(rank 0's share of the step's answers); the teacher scored those answers and the distillation loss read them too" in md
+
+
+@pytest.mark.parametrize("tunables, said", [
+    (KEEP_FREED, "the trainer's malloc keeps freed memory for reuse"),
+    (f"{KEEP_FREED}:glibc.malloc.arena_max=4", "the trainer's malloc keeps freed memory for reuse"),
+    ("", "the trainer's malloc returns freed memory to the kernel")])
+def test_the_precision_line_says_how_the_trainers_malloc_ran(tmp_path, tunables, said):
+    report = {**make_report(), "precision": {"dtype": "bfloat16", "why": "the CPU reports AVX512-BF16", "answer_logits_only": True,
+                                             "attention": "eager", "generation": {"teacher": "bfloat16", "student": "bfloat16"},
+                                             "malloc": tunables}}
+    line = next(line for line in Path(write_report(tmp_path, report)["md"]).read_text().splitlines() if line.startswith("- **Precision:**"))
+    assert line.endswith(f"; {said} (train.keep_freed_memory)")
