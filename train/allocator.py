@@ -4,7 +4,8 @@ glibc gives allocations above its mmap threshold (dynamic, at most 32 MB) their 
 on free, and trims the heap's free top back to the kernel. A training step frees and reallocates the
 same large buffers every micro-batch: the answer positions' logits over a 49k vocabulary, their fp32
 log-softmax and the gradients of both, autocast's bf16 copy of the LM head. Each comes back as freshly
-zeroed pages, one page fault per 4 KB: on the smol demo the trainer took about 40 thousand a second.
+zeroed pages, one page fault per 4 KB: in the smol demo's SWITCH steps, about 500 thousand per step's
+forward and backward, and 32 thousand with the tunables (docs/benchmarks.md: the trainer's memory).
 
 The tunables raise the mmap and trim thresholds so freed memory stays in the heap for reuse, and keep
 one arena: Ray Train runs the training function in a thread of its own, and a thread's arena (64 MB

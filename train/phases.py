@@ -52,8 +52,8 @@ class PhaseTimer:
             self.faulted[phase] += self.faults() - faults_started
 
     def take(self) -> dict:
-        """The step's wall seconds per phase, and under `cores` this process's CPU seconds per phase and
-        (with a node reader) where the node's cores went since the last take."""
+        """The step's wall seconds per phase, and under `cores` this process's CPU seconds and page faults
+        per phase and (with a node reader) where the node's cores went since the last take."""
         taken, cpu, faulted = self.seconds, self.cpu, self.faulted
         self.seconds, self.cpu, self.faulted = dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0)
         cores = {"cpu": {k: round(v, 4) for k, v in cpu.items()}, "page_faults": faulted, **(self.node.take() if self.node else {})}
