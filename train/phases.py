@@ -29,14 +29,18 @@ SHORT = {"generation": "gen", "waiting": "wait", "forward_backward": "fwd_bwd", 
          "weight_push": "push", "barrier": "barrier", "validation": "val", "checkpoint": "ckpt"}
 
 
+def minor_faults() -> int:
+    """This process's page faults served without I/O so far: mostly fresh pages for new allocations."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class PhaseTimer:
     """Seconds per phase for the step in progress, wall and the process's CPU, and the process's page faults
     (each a fresh page the kernel zeroes: train/allocator.py); `take()` hands them over and starts the next
     step. `node`: what reads the node's cores (train/cores.NodeCores), or None."""
 
-    def __init__(self, clock=time.perf_counter, cpu_clock=time.process_time, faults=None, node: NodeCores | None = None):
-        self.clock, self.cpu_clock, self.node = clock, cpu_clock, node
-        self.faults = faults or minor_faults
+    def __init__(self, clock=time.perf_counter, cpu_clock=time.process_time, faults=minor_faults, node: NodeCores | None = None):
+        self.clock, self.cpu_clock, self.faults, self.node = clock, cpu_clock, faults, node
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.cpu = dict.fromkeys(PHASES, 0.0)
         self.faulted = dict.fromkeys(PHASES, 0)
@@ -58,11 +62,6 @@ class PhaseTimer:
         self.seconds, self.cpu, self.faulted = dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0)
         cores = {"cpu": {k: round(v, 4) for k, v in cpu.items()}, "page_faults": faulted, **(self.node.take() if self.node else {})}
         return {**{k: round(v, 4) for k, v in taken.items()}, "cores": cores}
-
-
-def minor_faults() -> int:
-    """This process's page faults served without I/O so far: mostly fresh pages for new allocations."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def split_wait(phases: dict, generation_s: float) -> dict:
